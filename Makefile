@@ -1,0 +1,42 @@
+# fluxauth: `make demo` runs it, `make test` checks it. Both build their own virtual environment.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit system-deps bench loadtest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fluxauth demo
+
+# What the tests need beyond Python: Redis (started if it is not running) and,
+# for the tests of proxies in front of fluxauth, nginx and Caddy from Debian.
+system-deps:
+	@scripts/system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check fluxauth tests loadtests
+	$(BIN)/ruff format --check fluxauth tests loadtests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: $(STAMP) system-deps lint typecheck unit
+
+bench: $(STAMP) system-deps
+	$(BIN)/python loadtests/bench.py
+
+loadtest: $(STAMP)
+	$(BIN)/python loadtests/run_locust.py
+
+clean:
+	rm -rf $(VENV) .fluxauth-demo .pytest_cache .mypy_cache .ruff_cache

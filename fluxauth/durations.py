@@ -1,0 +1,33 @@
+"""Human durations: ``90s``, ``15m``, ``2h``, ``7d``, ``52w`` and combinations like ``1h30m``."""
+
+from __future__ import annotations
+
+import re
+
+from fluxauth.errors import InputError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_PART = re.compile(r"(\d{1,9})([smhdw])")
+_WHOLE = re.compile(r"(?:\d{1,9}[smhdw])+")
+
+
+def parse_duration(text: str) -> int:
+    """Return the number of seconds that ``text`` names, or raise ``InputError``.
+
+    A bare number is read as seconds.
+    """
+    value = text.strip().lower()
+    if value.isdigit() and len(value) <= 10:
+        return int(value)
+    if not _WHOLE.fullmatch(value):
+        raise InputError(f"bad duration {text!r}: use a number with a unit s, m, h, d or w, e.g. 2h or 90d")
+    return sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(value))
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact human form of ``seconds`` (``7200`` -> ``2h``)."""
+    whole = int(seconds)
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if whole and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"

@@ -1,0 +1,29 @@
+"""The store: orgs, compute services, repo settings, keys, tokens and the change feed.
+
+``base`` says what a backend must do; ``sqlite`` is the embedded default.
+Store methods are synchronous and quick; the server calls them off the event
+loop (``fluxauth.gate.AsyncStore``).
+"""
+
+from fluxauth.store.base import Store, open_store
+from fluxauth.store.models import (
+    Change,
+    Credential,
+    KeyRecord,
+    OrgPolicy,
+    ServiceRecord,
+    TokenRecord,
+    Visibility,
+)
+
+__all__ = [
+    "Change",
+    "Credential",
+    "KeyRecord",
+    "OrgPolicy",
+    "ServiceRecord",
+    "Store",
+    "TokenRecord",
+    "Visibility",
+    "open_store",
+]

@@ -1,0 +1,120 @@
+"""Compute URLs: ``/v1/services/{protocol}/{org}/{repo}/{ref}/{group...}/{service...}``.
+
+The decision is made on exactly the bytes that are forwarded (ASGI ``raw_path``),
+never on a decoded or normalized copy. A path that a server or upstream could
+read another way is refused (``AmbiguousPath``, 400) rather than repaired:
+auth proxies are broken most often where they and the upstream disagree on
+what a path means (CVE-2021-32813 in Traefik, the ``..;/`` class in Tomcat
+behind proxies, nginx ``merge_slashes`` surprises, double decoding in IIS).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+PREFIX = b"/v1/services/"
+
+# The four decided segments take a closed alphabet so that no reader can
+# decode, fold or split them differently; anything else is ambiguous.
+_PROTOCOL = re.compile(rb"[a-z0-9]{1,32}")
+_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_REF = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._+@-]{0,199}")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(rb"[\x00-\x20\x7f\\#?]")
+_DECODED_FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f/\\?#]")
+_DOTS = (b".", b"..")
+_MAX_DECODES = 4  # enough to unwrap %25252e; each round can only shrink the segment
+
+
+class PathError(Exception):
+    """The path cannot be decided on; ``status`` says how to answer."""
+
+    status = 400
+    error = "bad_path"
+
+
+class NotComputePath(PathError):
+    """Not a compute URL, or a protocol that is not enabled: 404."""
+
+    status = 404
+    error = "not_found"
+
+
+class AmbiguousPath(PathError):
+    """A path that some reader could understand another way: 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The decided part of a compute URL; ``raw_path`` is what is forwarded."""
+
+    protocol: str
+    org: str
+    repo: str
+    ref: str
+    raw_path: bytes
+
+    @property
+    def repository(self) -> str:
+        return f"{self.org}/{self.repo}"
+
+
+def _check_segment(segment: bytes) -> None:
+    """Refuse a segment that any depth of decoding turns into a separator or dot segment.
+
+    An upstream may decode once (most), twice (IIS, some frameworks) or strip
+    ``;params`` (Tomcat, Spring: ``..;/``); each reading must see a plain segment.
+    """
+    value = segment
+    for _ in range(_MAX_DECODES):
+        if value in _DOTS or value.split(b";", 1)[0] in _DOTS:
+            raise AmbiguousPath("dot segments are not allowed")
+        if b"%" not in value:
+            break
+        if _BAD_ESCAPE.search(value):
+            raise AmbiguousPath("malformed percent-encoding")
+        value = unquote_to_bytes(value)
+        if _DECODED_FORBIDDEN.search(value):
+            raise AmbiguousPath("an encoded '/', '\\', '?', '#' or control character in the path")
+    else:
+        raise AmbiguousPath("too many layers of percent-encoding")
+    try:
+        value.decode("utf-8")  # strict: also refuses overlong forms such as %C0%AE
+    except UnicodeDecodeError:
+        raise AmbiguousPath("the path is not valid UTF-8") from None
+
+
+def parse_target(raw_path: bytes, protocols: frozenset[str] | tuple[str, ...]) -> Target:
+    """Parse ``raw_path`` (no query string) into a ``Target`` or raise ``PathError``."""
+    if not raw_path.startswith(PREFIX):
+        raise NotComputePath("not a compute URL")
+    if _CONTROL.search(raw_path) or not raw_path.isascii():
+        raise AmbiguousPath("control characters, backslashes or raw non-ASCII bytes in the path")
+    parts = raw_path[len(PREFIX) :].split(b"/", 4)
+    if len(parts) < 4:
+        raise NotComputePath("a compute URL names /{protocol}/{org}/{repo}/{ref}")
+    protocol, org, repo, ref = parts[:4]
+    rest = parts[4] if len(parts) == 5 else b""
+    for segment in rest.split(b"/"):
+        _check_segment(segment)
+    if not _PROTOCOL.fullmatch(protocol):
+        if protocol and b"%" not in protocol and b"." not in protocol:
+            raise NotComputePath("unknown protocol")
+        raise AmbiguousPath("the protocol segment is not a plain name")
+    if not (_NAME.fullmatch(org) and _NAME.fullmatch(repo) and _REF.fullmatch(ref)):
+        raise AmbiguousPath("org, repo and ref must be plain names (letters, digits, '.', '_', '-')")
+    name = protocol.decode("ascii")
+    if name not in protocols:
+        raise NotComputePath("unknown protocol")
+    return Target(name, org.decode("ascii"), repo.decode("ascii"), ref.decode("ascii"), raw_path)
+
+
+_QUERY_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f#]")
+
+
+def check_query(query: bytes) -> None:
+    """Refuse a query string that is not plain ASCII: it is forwarded byte for byte."""
+    if query and (not query.isascii() or _QUERY_FORBIDDEN.search(query)):
+        raise AmbiguousPath("the query string must be percent-encoded ASCII")
