@@ -2,7 +2,7 @@
 
 Plain ASGI rather than Starlette routing: the hot path (cached credential, tile
 forwarded) builds no request object and runs no router. Internal endpoints live
-under ``/_fluxauth/``: ``healthz``, ``readyz``, ``metrics``.
+under ``/_fluxauth/``: ``healthz``, ``readyz``, ``metrics`` and ``auth`` (forward-auth).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from fluxauth import forward_auth
 from fluxauth.clock import Clock, system_clock
 from fluxauth.forward import Forwarder
 from fluxauth.gate import Gate
@@ -70,7 +71,7 @@ class FluxAuthApp:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = RequestHead.from_scope(scope)
         if head.raw_path.startswith(INTERNAL):
-            await self.internal(head.raw_path[len(INTERNAL) :], send)
+            await self.internal(head.raw_path[len(INTERNAL) :], scope, send)
             return
         decision = await self.gate.check(head)
         self.outcomes[decision.status] += 1
@@ -94,8 +95,12 @@ class FluxAuthApp:
         else:
             await send_refusal(send, decision, cors.response_headers(head.origin))
 
-    async def internal(self, name: bytes, send: Send) -> None:
-        if name == b"healthz":
+    async def internal(self, name: bytes, scope: Scope, send: Send) -> None:
+        if name == b"auth":
+            decision = await forward_auth.answer(self.gate, scope, send)
+            if decision is not None:
+                self.outcomes[decision.status] += 1
+        elif name == b"healthz":
             await send_json(send, 200, {"status": "ok"})
         elif name == b"readyz":
             ready = await self.gate.ready()

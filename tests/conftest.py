@@ -1,0 +1,100 @@
+"""Shared fixtures: a store, settings with the cheapest argon2 profile, a fake clock, real servers."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fluxauth.admin import Admin
+from fluxauth.app import FluxAuthApp
+from fluxauth.clock import FakeClock
+from fluxauth.demo_upstream import create_app
+from fluxauth.settings import Settings
+from fluxauth.store.sqlite import SQLiteStore
+from tests.servers import ServerThread
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    """An Authorization header for ``username:password``."""
+    encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {encoded}"}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    return str(tmp_path / "fluxauth.db")
+
+
+@pytest.fixture
+def store(store_path: str) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(store_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[ServerThread]:
+    """The built-in demo tile server, also an echo of what it received (``/_echo/``)."""
+    with ServerThread(create_app()) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(store_path: str, upstream: ServerThread) -> Settings:
+    return Settings(
+        store=store_path,
+        upstream=upstream.url,
+        argon2_profile="cheapest",
+        cors_allow_origins=("https://maps.example.org",),
+        upstream_read_timeout=2.0,
+    )
+
+
+@pytest.fixture
+def admin(store: SQLiteStore, settings: Settings, clock: FakeClock) -> Admin:
+    return Admin(store, settings, clock)
+
+
+@dataclasses.dataclass
+class Proxy:
+    """A running fluxauth in front of the demo upstream, with its clock and app in reach."""
+
+    server: ServerThread
+    app: FluxAuthApp
+    clock: FakeClock
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+ProxyFactory = Callable[[Settings], "Proxy"]
+
+
+@pytest.fixture
+def proxy_factory(store_path: str, clock: FakeClock) -> Iterator[ProxyFactory]:
+    started: list[ServerThread] = []
+
+    def start(settings: Settings) -> Proxy:
+        app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock)
+        server = ServerThread(app).start()
+        started.append(server)
+        return Proxy(server, app, clock)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(proxy_factory: ProxyFactory, settings: Settings) -> Proxy:
+    return proxy_factory(settings)
