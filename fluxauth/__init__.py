@@ -1,8 +1,27 @@
 """fluxauth: HTTP Basic authentication in front of tile, WMS, EDR, OPeNDAP and Zarr services."""
 
-from fluxauth.app import FluxAuthApp
-from fluxauth.middleware import FluxAuthMiddleware
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from fluxauth.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from fluxauth.app import FluxAuthApp
+    from fluxauth.middleware import FluxAuthMiddleware
 
 __version__ = "0.1.0"
 __all__ = ["FluxAuthApp", "FluxAuthMiddleware", "Settings", "__version__", "load_settings"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the command line needs neither aiohttp nor redis.
+    if name == "FluxAuthApp":
+        from fluxauth.app import FluxAuthApp
+
+        return FluxAuthApp
+    if name == "FluxAuthMiddleware":
+        from fluxauth.middleware import FluxAuthMiddleware
+
+        return FluxAuthMiddleware
+    raise AttributeError(f"module 'fluxauth' has no attribute {name!r}")

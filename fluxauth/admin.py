@@ -91,10 +91,13 @@ class Admin:
 
     @staticmethod
     def _permissions(permissions: Iterable[str]) -> frozenset[Permission]:
-        for permission in permissions:
+        # Read once: a generator would be empty the second time, and the key
+        # would silently get no permissions.
+        chosen = frozenset(permissions)
+        for permission in sorted(chosen):
             if permission not in PERMISSIONS:
                 raise InputError(f"bad permission {permission!r}: expected one of {', '.join(PERMISSIONS)}")
-        return frozenset(permissions)  # type: ignore[arg-type]
+        return chosen  # type: ignore[return-value]
 
     @staticmethod
     def _grants(grants: Mapping[str, str]) -> dict[str, RepoAccess]:

@@ -103,10 +103,11 @@ class FluxAuthApp:
         elif name == b"healthz":
             await send_json(send, 200, {"status": "ok"})
         elif name == b"readyz":
-            ready = await self.gate.ready()
-            await send_json(
-                send, 200 if ready else 503, {"status": "ready" if ready else "unavailable", "store": ready}
-            )
+            # Ready when the store answers: Redis only accelerates, and its
+            # absence is reported, not fatal.
+            parts = await self.gate.ready()
+            ready = bool(parts["store"])
+            await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "unavailable", **parts})
         elif name == b"metrics":
             await send_response(send, 200, render_metrics(self.metrics), [], CONTENT_TYPE)
         else:

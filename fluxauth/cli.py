@@ -9,25 +9,35 @@ one line on stderr and exits with status 2, and changes nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fluxauth.admin import Admin, IssuedToken, iso
+from fluxauth.clock import system_clock
 from fluxauth.durations import format_duration, parse_duration
 from fluxauth.errors import FluxAuthError, InputError, StoreError
 from fluxauth.names import split_repository
 from fluxauth.settings import Settings, load_settings
-from fluxauth.store import KeyRecord, open_store
+from fluxauth.store import Change, KeyRecord, open_store
 
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit status 2."""
+    """argparse with a one-line error (no usage dump), exit status 2, and no abbreviations.
+
+    Abbreviations (``--perm`` for ``--permission``) would quietly become part
+    of the interface that scripts rely on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"fluxauth: error: {message}\n")
@@ -48,7 +58,8 @@ def _repo_grant(text: str) -> tuple[str, str]:
 
 
 def _months(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 12:
+    # isascii(): str.isdigit() accepts "³", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 12:
         raise argparse.ArgumentTypeError(f"bad --extend-months {text!r}: expected 1 to 12")
     return int(text)
 
@@ -211,6 +222,17 @@ def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
         print(f"{org}/{repo} is {args.visibility}")
 
 
+def _announce(settings: Settings, changes: Sequence[Change]) -> None:
+    """Tell running servers through Redis, if configured, so that they need not wait for the feed."""
+    if not changes or not settings.redis_url:
+        return
+    from fluxauth.shared import announce
+
+    reached = asyncio.run(announce(settings.redis_url, clock=system_clock))
+    if not reached:
+        print("fluxauth: warning: Redis unreachable; servers see the change within a second", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
@@ -262,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         store = open_store(settings.store)
         try:
+            before = store.last_change()
             _run_admin(args, Admin(store, settings))
+            _announce(settings, store.changes_since(before))
         finally:
             store.close()
     except StoreError as exc:

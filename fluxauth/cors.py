@@ -14,7 +14,9 @@ import re
 from fluxauth.policy import Preflight
 
 _METHODS = b"GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
-_TOKEN_LIST = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+# Optional whitespace is SP / HTAB only (RFC 9110 §5.6.3): ``\s`` would also let
+# CR, LF, VT and FF through into the echoed header value.
+_TOKEN_LIST = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+([ \t]*,[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 _EXPOSE = b"Content-Length, Content-Range, Content-Type, ETag, Last-Modified, Cache-Control, Retry-After"
 
 Headers = list[tuple[bytes, bytes]]

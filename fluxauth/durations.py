@@ -7,8 +7,10 @@ import re
 from fluxauth.errors import InputError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_PART = re.compile(r"(\d{1,9})([smhdw])")
-_WHOLE = re.compile(r"(?:\d{1,9}[smhdw])+")
+# [0-9], not \d: \d also matches other scripts' digits ("٣d"), and str.isdigit()
+# accepts "²", which int() then refuses with a ValueError instead of an InputError.
+_PART = re.compile(r"([0-9]{1,9})([smhdw])")
+_WHOLE = re.compile(r"(?:[0-9]{1,9}[smhdw])+")
 
 
 def parse_duration(text: str) -> int:
@@ -17,7 +19,7 @@ def parse_duration(text: str) -> int:
     A bare number is read as seconds.
     """
     value = text.strip().lower()
-    if value.isdigit() and len(value) <= 10:
+    if value.isascii() and value.isdigit() and len(value) <= 10:
         return int(value)
     if not _WHOLE.fullmatch(value):
         raise InputError(f"bad duration {text!r}: use a number with a unit s, m, h, d or w, e.g. 2h or 90d")

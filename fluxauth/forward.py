@@ -15,12 +15,15 @@ concurrency (encode/httpx#3215; DESIGN.md §5). What reaches the upstream:
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from fluxauth.histogram import Histogram
 from fluxauth.policy import Principal
 from fluxauth.proxies import ProxyTrust, forwarded_headers
 from fluxauth.request import Scope
@@ -75,6 +78,8 @@ class Forwarder:
         self.trust = trust
         self._session: aiohttp.ClientSession | None = None
         self._bases = {p: settings.upstream_for(p).rstrip("/") for p in settings.protocols}
+        self.latency = Histogram()  # until the upstream's response headers
+        self.errors: Counter[str] = Counter()
 
     async def start(self) -> None:
         if self._session is not None:
@@ -154,6 +159,7 @@ class Forwarder:
             name == b"transfer-encoding" for name, _ in scope["headers"]
         )
         started = False
+        sent_at = time.perf_counter()
         try:
             async with self._session.request(
                 scope["method"],
@@ -163,6 +169,7 @@ class Forwarder:
                 allow_redirects=False,
                 compress=None,
             ) as upstream:
+                self.latency.observe(time.perf_counter() - sent_at)
                 response_headers = _response_headers(upstream.raw_headers) + extra_headers
                 await send({"type": "http.response.start", "status": upstream.status, "headers": response_headers})
                 started = True
@@ -171,6 +178,7 @@ class Forwarder:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            self.errors["timeout"] += 1
             if started:
                 log.warning("upstream timed out mid-response for %s", protocol)
                 return  # the server closes the connection: the client sees a truncated body
@@ -178,6 +186,7 @@ class Forwarder:
                 send, 504, {"error": "upstream_timeout", "detail": "the upstream did not answer in time"}, extra_headers
             )
         except aiohttp.ClientError as exc:
+            self.errors["connection" if isinstance(exc, aiohttp.ClientConnectorError) else "protocol"] += 1
             if started:
                 log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
                 return

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -26,11 +27,13 @@ from fluxauth.clock import Clock, system_clock
 from fluxauth.cors import Cors
 from fluxauth.credentials import BasicCredentials, MalformedCredentials, parse_basic
 from fluxauth.errors import StoreUnavailable
+from fluxauth.histogram import Histogram
 from fluxauth.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_path
 from fluxauth.proxies import ProxyTrust
 from fluxauth.ratelimit import FailureLimiter
 from fluxauth.request import RequestHead
 from fluxauth.settings import Settings
+from fluxauth.shared import SharedCache
 from fluxauth.store import Change, Credential, OrgPolicy, Store, open_store
 from fluxauth.store.aio import AsyncStore
 from fluxauth.target import PathError, check_query, parse_target
@@ -72,6 +75,7 @@ class GateStats:
     l1_hits: int = 0
     changes_applied: int = 0
     rate_limited: int = 0
+    verify_seconds: Histogram = dataclasses.field(default_factory=Histogram)
 
 
 class Gate:
@@ -90,6 +94,9 @@ class Gate:
             limit=settings.rate_limit_failures, window=settings.rate_limit_window, clock=clock
         )
         self.stats = GateStats()
+        self.shared = (
+            SharedCache(settings.redis_url, ttl=settings.cache_ttl, clock=clock) if settings.redis_url else None
+        )
         self._policies: TTLCache[str, OrgPolicy] = TTLCache(10_000, settings.cache_ttl, timer=clock)
         self._policy_loads: dict[str, asyncio.Future[OrgPolicy]] = {}
         self._verifications: dict[bytes, asyncio.Future[Auth]] = {}
@@ -99,6 +106,10 @@ class Gate:
         self._verify_pool: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.change_seq = 0
+        self.start_seq = 0
+        # (org, key name) -> number of the last change applied to it; shared
+        # entries verified before it are refused.
+        self._key_changed: dict[tuple[str, str], int] = {}
         self.started = False
 
     # -- life cycle ----------------------------------------------------------
@@ -116,11 +127,15 @@ class Gate:
         self._secret = (
             configured.reveal().encode() if configured else await self.store.call(self.store.store.cache_secret)
         )
-        self.change_seq = await self.store.call(self.store.store.last_change)
+        self.change_seq = self.start_seq = await self.store.call(self.store.store.last_change)
         self._tasks = [
             asyncio.create_task(self._follow_changes(), name="fluxauth-changes"),
             asyncio.create_task(self._flush_last_used_forever(), name="fluxauth-last-used"),
         ]
+        if self.shared is not None:
+            self._tasks.append(
+                asyncio.create_task(self.shared.follow_notices(self._on_notice), name="fluxauth-notices")
+            )
 
     async def stop(self) -> None:
         if not self.started:
@@ -136,17 +151,20 @@ class Gate:
         assert self._verify_pool is not None
         self._verify_pool.shutdown(wait=True)
         self.store.close()
+        if self.shared is not None:
+            await self.shared.close()
         self.started = False
 
-    async def ready(self) -> bool:
-        """Whether the store answers."""
-        if self.store is None:
-            return False
-        try:
-            await self.store.call(self.store.store.ping)
-        except StoreUnavailable:
-            return False
-        return True
+    async def ready(self) -> dict[str, bool | None]:
+        """Whether the store answers, and Redis (None when not configured)."""
+        store_ok = False
+        if self.store is not None:
+            try:
+                await self.store.call(self.store.store.ping)
+                store_ok = True
+            except StoreUnavailable:
+                pass
+        return {"store": store_ok, "redis": None if self.shared is None else await self.shared.ping()}
 
     # -- deciding ------------------------------------------------------------
 
@@ -208,28 +226,61 @@ class Gate:
             self.stats.l1_hits += 1
             self._last_used[(principal.org, principal.name)] = self.clock()
             return principal, None
-        token_subject = "token:" + credentials.token.token_id
-        wait = max(self.limiter.retry_after(client) or 0, self.limiter.retry_after(token_subject) or 0)
+        generation = self.cache.generation
+        if self.shared is not None:
+            principal = await self._shared_principal(key)
+            if principal is not None:
+                self.cache.put(key, principal, generation)
+                self._last_used[(principal.org, principal.name)] = self.clock()
+                return principal, None
+        subjects = [client, "token:" + credentials.token.token_id]
+        wait = await self._retry_after(subjects)
         if wait:
             self.stats.rate_limited += 1
             return Failure.RATE_LIMITED, math.ceil(wait)
-        generation = self.cache.generation
         auth = await asyncio.shield(
             _single_flight(self._verifications, key, lambda: self._verify(credentials, key, generation))
         )
         if isinstance(auth, Failure):
             if auth is not Failure.STORE_UNAVAILABLE:
-                self.limiter.record(client)
-                self.limiter.record(token_subject)
+                await self._record_failure(subjects)
         else:
             self._last_used[(auth.org, auth.name)] = self.clock()
         return auth, None
+
+    async def _shared_principal(self, key: bytes) -> Principal | None:
+        """A principal from level 2, if it was verified after everything this server knows of its key."""
+        assert self.shared is not None
+        found = await self.shared.get(key)
+        if found is None:
+            return None
+        principal, seq = found
+        if seq < self.start_seq or seq < self._key_changed.get((principal.org, principal.name), 0):
+            return None
+        self.shared.l2_hits += 1
+        return principal
+
+    async def _retry_after(self, subjects: list[str]) -> float:
+        """The longest wait any of ``subjects`` owes, here or (with Redis) on any replica."""
+        waits = [self.limiter.retry_after(subject) or 0.0 for subject in subjects]
+        if self.shared is not None:
+            waits.append(await self.shared.retry_after(subjects, self.settings.rate_limit_failures) or 0.0)
+        return max(waits)
+
+    async def _record_failure(self, subjects: list[str]) -> None:
+        for subject in subjects:
+            self.limiter.record(subject)
+            if self.shared is not None:
+                await self.shared.record_failure(subject, self.settings.rate_limit_window)
 
     async def _verify(self, credentials: BasicCredentials, key: bytes, generation: int) -> Auth:
         """One argon2 verification against the store, off the event loop; caches a success."""
         assert self.store is not None
         assert self._hasher is not None
         loop = asyncio.get_running_loop()
+        # Noted before the store is read: a change that lands in between has a
+        # higher number, and servers that know of it refuse the shared entry.
+        seq = self.change_seq
         try:
             found: Credential | None = await self.store.call(
                 self.store.store.get_credential, credentials.token.token_id
@@ -238,17 +289,19 @@ class Gate:
             return Failure.STORE_UNAVAILABLE
         self.stats.verifications += 1
         secret = credentials.token.secret
+        started = time.perf_counter()
         if found is None:
             await loop.run_in_executor(self._verify_pool, self._hasher.verify_decoy, secret)
             return Failure.UNKNOWN_TOKEN
-        if not await loop.run_in_executor(self._verify_pool, self._hasher.verify, found.token.hash, secret):
+        matched = await loop.run_in_executor(self._verify_pool, self._hasher.verify, found.token.hash, secret)
+        self.stats.verify_seconds.observe(time.perf_counter() - started)
+        if not matched:
             return Failure.BAD_SECRET
         if credentials.username != found.key.org:
             return Failure.WRONG_ORG
         principal = Principal(
             org=found.key.org,
             name=found.key.name,
-            token_id=found.token.token_id,
             permissions=frozenset(found.key.permissions),
             repo_grants=dict(found.key.repo_grants),
             expires_at=found.key.expires_at,
@@ -258,6 +311,8 @@ class Gate:
         if lapsed is not None:
             return lapsed
         self.cache.put(key, principal, generation)
+        if self.shared is not None:
+            await self.shared.put(key, principal, seq)
         return principal
 
     # -- changes -------------------------------------------------------------
@@ -266,6 +321,7 @@ class Gate:
         """Drop what ``change`` makes stale."""
         if change.kind == "key" and change.key_name is not None:
             self.cache.drop_key(change.org, change.key_name)
+            self._key_changed[(change.org, change.key_name)] = change.seq
         else:
             self._policies.pop(change.org, None)
             self.cache.bump()
@@ -279,6 +335,12 @@ class Gate:
         for change in changes:
             self.apply(change)
         return len(changes)
+
+    async def _on_notice(self) -> None:
+        try:
+            await self.poll_changes()
+        except StoreUnavailable as exc:
+            log.warning("cannot read the change feed after a notice: %s", exc)
 
     async def _follow_changes(self) -> None:
         failing = False

@@ -11,11 +11,18 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from fluxauth.histogram import Histogram
 
 if TYPE_CHECKING:
     from fluxauth.app import FluxAuthApp
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.cumulative(), sum_value=histogram.total)
+
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -31,9 +38,22 @@ class _AppCollector(Collector):
             decisions.add_metric([str(status)], count)
         yield decisions
         yield CounterMetricFamily("fluxauth_verifications", "argon2 verifications run", value=stats.verifications)
+        shared = self.app.gate.shared
         hits = CounterMetricFamily("fluxauth_cache_hits", "Credential cache hits by level", labels=["level"])
         hits.add_metric(["l1"], stats.l1_hits)
+        hits.add_metric(["l2"], shared.l2_hits if shared else 0)
         yield hits
+        yield CounterMetricFamily(
+            "fluxauth_redis_errors", "Redis calls that failed", value=shared.errors if shared else 0
+        )
+        upstream_errors = CounterMetricFamily("fluxauth_upstream_errors", "Upstream failures by kind", labels=["kind"])
+        for kind in ("connection", "timeout", "protocol"):
+            upstream_errors.add_metric([kind], self.app.forwarder.errors[kind])
+        yield upstream_errors
+        yield _histogram("fluxauth_verification_seconds", "argon2 verification time", stats.verify_seconds)
+        yield _histogram(
+            "fluxauth_upstream_seconds", "Time to the upstream's response headers", self.app.forwarder.latency
+        )
         yield CounterMetricFamily(
             "fluxauth_rate_limited", "Requests refused for too many failures", value=stats.rate_limited
         )

@@ -31,7 +31,6 @@ class Principal:
 
     org: str
     name: str
-    token_id: str
     permissions: frozenset[str]
     repo_grants: Mapping[str, str]
     expires_at: float  # the key's expiry
@@ -123,7 +122,7 @@ _REFUSAL_DECISIONS = {
         error,
         detail,
         failure=failure,
-        retry_after=STORE_RETRY_AFTER if status == 503 else None,
+        retry_after={503: STORE_RETRY_AFTER, 429: 1}.get(status),
     )
     for failure, (status, error, detail) in _REFUSALS.items()
 }

@@ -25,6 +25,10 @@ class ProxyTrust:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, which an
+        # IPv4 network never contains; compare the IPv4 address it maps.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         return any(address in network for network in self._networks)
 
     def client(self, peer: str | None, forwarded_for: bytes | None) -> str:

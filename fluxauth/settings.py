@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +70,7 @@ class Settings:
     cache_secret: Secret | None = None
     change_poll_interval: float = 1.0
     key_default_lifetime: int = 365 * 86400
-    key_max_lifetime: int = 2 * 365 * 86400
+    key_max_lifetime: int = 732 * 86400  # two years, leap days included
     rate_limit_failures: int = 20
     rate_limit_window: int = 60
     upstream_connect_timeout: float = 5.0
@@ -94,7 +96,11 @@ def _optional_text(key: str, raw: object) -> str | None:
 def _url(key: str, raw: object) -> str:
     text = _text(key, raw).rstrip("/")
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError when out of range
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ConfigError(f"{key}: expected an http(s) URL, got {raw!r}")
     return text
 
@@ -121,12 +127,30 @@ def _protocols(key: str, raw: object) -> tuple[str, ...]:
 
 
 def _origins(key: str, raw: object) -> tuple[str, ...]:
+    """Origins as browsers serialize them (RFC 6454 §6.2): ASCII, lower case, no path.
+
+    Browsers send ``Origin`` in that form and it is compared byte for byte, so an
+    origin written any other way would silently never match; it is refused
+    (or, for case and a trailing ``/``, normalized) here instead.
+    """
     origins = _words(key, raw)
     for origin in origins:
+        if origin == "*":
+            continue
         parts = urlsplit(origin)
-        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+        if (
+            not origin.isascii()
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "?" in origin
+            or "#" in origin
+        ):
             raise ConfigError(f"{key}: expected '*' or origins like https://maps.example.org, got {origin!r}")
-    return tuple(origin.rstrip("/") for origin in origins)
+    return tuple(origin.rstrip("/").lower() for origin in origins)
 
 
 def _networks(key: str, raw: object) -> tuple[Network, ...]:
@@ -136,8 +160,12 @@ def _networks(key: str, raw: object) -> tuple[Network, ...]:
         raise ConfigError(f"{key}: {exc}") from exc
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _int(key: str, raw: object, minimum: int = 0) -> int:
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+    # A regex, not str.isdigit(): that accepts "²", which int() refuses.
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
         raw = int(raw)
     if not isinstance(raw, int) or isinstance(raw, bool) or raw < minimum:
         raise ConfigError(f"{key}: expected a whole number >= {minimum}, got {raw!r}")
@@ -145,11 +173,14 @@ def _int(key: str, raw: object, minimum: int = 0) -> int:
 
 
 def _positive_float(key: str, raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number, got {raw!r}")
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
-    if not value > 0:
+    # "inf" parses as a float; an infinite poll interval or timeout would never fire.
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{key}: expected a positive number, got {raw!r}")
     return value
 
@@ -245,6 +276,9 @@ def load_settings(
         value = env.get(f"FLUXAUTH_{key.upper()}")
         if value is not None:
             raw[key] = value
+    unknown = sorted(set(overrides) - set(_CONVERTERS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
     raw.update({key: value for key, value in overrides.items() if value is not None})
     values = {key: _CONVERTERS[key](key, value) for key, value in raw.items()}
     settings = Settings(**values)

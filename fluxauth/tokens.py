@@ -67,7 +67,9 @@ class TokenHasher:
         """True if ``secret`` matches ``hashed``; a corrupt hash counts as no match."""
         try:
             return self._hasher.verify(hashed, secret)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
+        # argon2-cffi encodes the hash as ASCII before parsing it, so a corrupt
+        # hash with a non-ASCII character raises UnicodeEncodeError, not InvalidHashError.
+        except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
             return False
 
     def verify_decoy(self, secret: str) -> bool:

@@ -18,6 +18,7 @@ from fluxauth.admin import Admin, IssuedToken
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
 from tests.conftest import Proxy, ProxyFactory, basic
+from tests.load import burst
 from tests.servers import ServerThread, free_port
 
 TILE = "/v1/services/tiles/acme/era5/main/surface/tiles/WebMercatorQuad/3/2/4"
@@ -218,9 +219,7 @@ def test_app_key_expiry_follows_the_injected_clock(world: World, proxy: Proxy, c
     assert response.json()["detail"] == "the key has expired"
 
 
-def test_app_rotation_grace_old_and_new_tokens(
-    world: World, admin: Admin, proxy: Proxy, client: httpx.Client
-) -> None:
+def test_app_rotation_grace_old_and_new_tokens(world: World, admin: Admin, proxy: Proxy, client: httpx.Client) -> None:
     """After rotation both tokens work during the grace period; the old one never after it."""
     old = world.reader
     assert client.get(TILE, headers=auth(old)).status_code == 200
@@ -271,13 +270,9 @@ def test_app_permission_and_visibility_changes_apply(
 def test_app_concurrent_new_token_is_verified_once(world: World, proxy: Proxy) -> None:
     """200 concurrent requests with a never-seen token cause exactly one argon2 verification."""
 
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as client:
-            replies = await asyncio.gather(*(client.get(TILE, headers=auth(world.reader)) for _ in range(200)))
-        return [reply.status_code for reply in replies]
-
     assert proxy.app.gate.stats.verifications == 0
-    assert asyncio.run(burst()) == [200] * 200
+    statuses = asyncio.run(burst(proxy.url + TILE, headers=auth(world.reader), count=200, concurrency=200))
+    assert statuses == [200] * 200
     assert proxy.app.gate.stats.verifications == 1
 
 
@@ -305,9 +300,7 @@ def test_app_cors_preflight_is_answered_not_forwarded(world: World, client: http
 
 def test_app_cors_preflight_from_other_origin_is_refused(world: World, client: httpx.Client) -> None:
     """A preflight from an origin that is not allowed is refused without CORS headers."""
-    response = client.options(
-        ECHO, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
-    )
+    response = client.options(ECHO, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
     assert response.status_code == 403
     assert "access-control-allow-origin" not in response.headers
 
@@ -360,7 +353,9 @@ def test_app_readyz_503_when_store_is_gone(store_path: str, proxy_factory: Proxy
         assert client.get("/_fluxauth/readyz").status_code == 503
 
 
-def test_app_last_used_is_recorded_in_batches(world: World, proxy: Proxy, client: httpx.Client, store: SQLiteStore) -> None:
+def test_app_last_used_is_recorded_in_batches(
+    world: World, proxy: Proxy, client: httpx.Client, store: SQLiteStore
+) -> None:
     """Requests do not write the store; a flush records last_used_at once."""
     changes_before = store.last_change()
     for _ in range(5):

@@ -39,7 +39,7 @@ def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
             lines.append(line)
             if line.strip().startswith("curl -fsS -u demo:"):
                 curl_line = line.strip()
-        while "Uvicorn running on http://127.0.0.1:%d" % port not in "".join(lines):
+        while f"Uvicorn running on http://127.0.0.1:{port}" not in "".join(lines):
             lines.append(process.stdout.readline())
             assert time.monotonic() < deadline, "".join(lines)
         output = tmp_path / "tile.png"

@@ -59,7 +59,9 @@ def served(store_path: str, admin: Admin, clock: FakeClock) -> Iterator[tuple[st
     admin.enable_service("acme", "tiles")
     token = admin.create_key("acme", "reader", permissions=["read"]).token
     settings = Settings(store=store_path, argon2_profile="cheapest")
-    app = FluxAuthMiddleware(tile_app(), settings=settings, store=SQLiteStore(store_path), exclude_paths=("/health",), clock=clock)
+    app = FluxAuthMiddleware(
+        tile_app(), settings=settings, store=SQLiteStore(store_path), exclude_paths=("/health",), clock=clock
+    )
     with ServerThread(app) as server:
         yield server.url, token
 

@@ -99,8 +99,8 @@ def open_store(url: str) -> Store:
     """Open the store that ``url`` names: ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a path."""
     from fluxauth.store.sqlite import SQLiteStore
 
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(url.removeprefix("sqlite:///"))
-    if "://" in url:
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    if "://" in path or not path:
+        # An empty path would open a private temporary database that vanishes on close.
         raise ConfigError(f"store: unsupported store URL {url!r} (use sqlite:///PATH or a file path)")
-    return SQLiteStore(url)
+    return SQLiteStore(path)

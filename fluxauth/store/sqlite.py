@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from fluxauth.errors import Conflict, NotFound, StoreUnavailable
+from fluxauth.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from fluxauth.store.models import (
     Change,
     ChangeKind,
@@ -100,10 +100,14 @@ class SQLiteStore:
             raise StoreUnavailable(f"store directory {directory!r} does not exist")
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the store: {exc}") from exc
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
+            conn.close()
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
         self._local.conn = conn
         with self._lock:
@@ -112,8 +116,20 @@ class SQLiteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement of one method sees the same snapshot.
+
+        Without it each SELECT is a transaction of its own, and a method that reads
+        twice (a key, then its tokens) could mix the states before and after a
+        write by another process, e.g. a key's new expiry with its old tokens.
+        """
+        conn = self._connect()
         try:
-            yield self._connect()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"store: {exc}") from exc
 
@@ -126,19 +142,30 @@ class SQLiteStore:
             raise StoreUnavailable(f"store: {exc}") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may have rolled back on its own (disk full, I/O error); a
+            # second ROLLBACK would then raise and hide the first error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, I/O: the store, not the input
+                raise StoreUnavailable(f"store: {exc}") from exc
             raise
         else:
             try:
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise StoreUnavailable(f"store: {exc}") from exc
 
     def _migrate(self) -> None:
         with self._write() as conn:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                # Written by a newer fluxauth: this one would misread or damage it.
+                raise StoreError(
+                    f"store {self.path!r} has schema version {version}; this fluxauth knows up to {len(MIGRATIONS)}"
+                )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)

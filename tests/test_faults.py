@@ -1,0 +1,195 @@
+"""Faults: a Redis of our own killed and restarted, upstreams that refuse or hang."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from fluxauth.admin import Admin
+from fluxauth.clock import system_clock
+from fluxauth.settings import Settings
+from fluxauth.shared import CHANNEL, announce
+from tests.conftest import Proxy, ProxyFactory, basic
+from tests.load import burst
+from tests.servers import free_port
+
+TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
+
+
+class RedisProcess:
+    """A redis-server of the test's own, to kill and restart on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port).ping():
+                    return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def subscribers(self) -> int:
+        return int(dict(redis.Redis(port=self.port).pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.kill()
+
+
+@pytest.fixture
+def keys(admin: Admin) -> dict[str, str]:
+    admin.create_org("acme")
+    admin.enable_service("acme", "tiles")
+    return {name: admin.create_key("acme", name, permissions=["read"]).token for name in ("one", "two", "three")}
+
+
+def status(proxy: Proxy, token: str, path: str = TILE) -> int:
+    return httpx.get(proxy.url + path, headers=basic("acme", token), timeout=10).status_code
+
+
+def test_faults_redis_killed_and_restarted(
+    proxy_factory: ProxyFactory, settings: Settings, keys: dict[str, str], own_redis: RedisProcess, admin: Admin
+) -> None:
+    """Without Redis: cached keys work, new ones are verified, nothing 5xx; it reconnects by itself."""
+    proxy = proxy_factory(dataclasses.replace(settings, redis_url=own_redis.url, change_poll_interval=3600))
+    assert status(proxy, keys["one"]) == 200
+    own_redis.kill()
+    assert status(proxy, keys["one"]) == 200  # level 1
+    assert status(proxy, keys["two"]) == 200  # verified against the store
+    assert status(proxy, keys["two"][:-3] + "xyz") == 401
+    assert httpx.get(proxy.url + "/_fluxauth/readyz").json() == {"status": "ready", "store": True, "redis": False}
+    assert 500 not in proxy.app.outcomes
+    assert 503 not in proxy.app.outcomes
+    assert proxy.app.gate.shared is not None
+    assert proxy.app.gate.shared.errors > 0
+
+    own_redis.start()
+    deadline = time.monotonic() + 10
+    while own_redis.subscribers() < 1:  # resubscribed on its own
+        assert time.monotonic() < deadline, "did not reconnect to Redis"
+        time.sleep(0.02)
+    admin.delete_key("acme", "one")
+    started = time.monotonic()
+    assert asyncio.run(announce(own_redis.url, clock=system_clock))
+    while status(proxy, keys["one"]) == 200:
+        assert time.monotonic() - started < 1.0, "the notice did not arrive after reconnection"
+    assert status(proxy, keys["three"]) == 200
+
+
+def test_faults_redis_paused_never_grants_what_the_store_refuses(
+    proxy_factory: ProxyFactory, settings: Settings, keys: dict[str, str], own_redis: RedisProcess, admin: Admin
+) -> None:
+    """A Redis that misses a deletion while frozen, then thaws with its old entry, grants nothing."""
+    shared = dataclasses.replace(settings, redis_url=own_redis.url, change_poll_interval=3600)
+    first, second = proxy_factory(shared), proxy_factory(shared)
+    assert status(first, keys["one"]) == 200  # the entry is now in Redis
+    assert own_redis.process is not None
+    own_redis.process.send_signal(19)  # SIGSTOP: Redis hangs, keeps its data
+    try:
+        admin.delete_key("acme", "one")
+        for replica in (first, second):
+            replica.server.call(replica.app.gate.poll_changes())
+    finally:
+        own_redis.process.send_signal(18)  # SIGCONT
+    for replica in (first, second):
+        replica.clock.advance(2)  # past the circuit breaker: Redis is asked again
+        assert status(replica, keys["one"]) == 401
+    assert status(proxy_factory(shared), keys["one"]) == 401
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_faults_refusing_upstream_leaks_nothing(
+    proxy_factory: ProxyFactory, settings: Settings, keys: dict[str, str]
+) -> None:
+    """Two thousand requests to an upstream that refuses: all 502, quickly, no descriptors left behind."""
+    proxy = proxy_factory(dataclasses.replace(settings, upstream=f"http://127.0.0.1:{free_port()}"))
+
+    def flood() -> list[int]:
+        return asyncio.run(burst(proxy.url + TILE, headers=basic("acme", keys["one"]), count=2000))
+
+    flood()  # warm: pools and caches at their working size
+    before = _open_fds()
+    started = time.monotonic()
+    statuses = flood()
+    elapsed = time.monotonic() - started
+    assert set(statuses) == {502}
+    after = _open_fds()
+    print(f"2000 refused upstream requests in {elapsed:.2f} s; open fds {before} -> {after}")
+    # Other servers share this process, so a few descriptors come and go; a
+    # leak per request would show in the thousands.
+    assert after <= before + 20
+
+
+def test_faults_hanging_upstream_is_504_and_leaks_nothing(
+    proxy_factory: ProxyFactory, settings: Settings, keys: dict[str, str]
+) -> None:
+    """An upstream that accepts and never answers: 504 after the read timeout, connections released."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    port = listener.getsockname()[1]
+    proxy = proxy_factory(dataclasses.replace(settings, upstream=f"http://127.0.0.1:{port}", upstream_read_timeout=0.1))
+
+    def flood() -> list[int]:
+        return asyncio.run(burst(proxy.url + TILE, headers=basic("acme", keys["one"]), count=200, concurrency=200))
+
+    try:
+        assert set(flood()) == {504}
+        before = _open_fds()
+        assert set(flood()) == {504}
+        for conn in held:
+            conn.close()
+        held.clear()
+        after = _open_fds()
+        print(f"hanging upstream: open fds {before} -> {after}")
+        assert after <= before + 20
+        assert proxy.app.forwarder.errors["timeout"] == 400
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
