@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fluxauth.admin import Admin
@@ -16,6 +17,10 @@ from fluxauth.demo_upstream import create_app
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
 from tests.servers import ServerThread
+
+# One client for quick one-off requests: httpx.get() builds a whole Client,
+# SSL context included, for every call (tens of milliseconds each).
+http = httpx.Client(timeout=10)
 
 
 def basic(username: str, password: str) -> dict[str, str]:

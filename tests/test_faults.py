@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -20,7 +19,7 @@ from fluxauth.admin import Admin
 from fluxauth.clock import system_clock
 from fluxauth.settings import Settings
 from fluxauth.shared import CHANNEL, announce
-from tests.conftest import Proxy, ProxyFactory, basic
+from tests.conftest import Proxy, ProxyFactory, basic, http
 from tests.load import burst
 from tests.servers import free_port
 
@@ -77,7 +76,7 @@ def keys(admin: Admin) -> dict[str, str]:
 
 
 def status(proxy: Proxy, token: str, path: str = TILE) -> int:
-    return httpx.get(proxy.url + path, headers=basic("acme", token), timeout=10).status_code
+    return http.get(proxy.url + path, headers=basic("acme", token), timeout=10).status_code
 
 
 def test_faults_redis_killed_and_restarted(
@@ -90,7 +89,7 @@ def test_faults_redis_killed_and_restarted(
     assert status(proxy, keys["one"]) == 200  # level 1
     assert status(proxy, keys["two"]) == 200  # verified against the store
     assert status(proxy, keys["two"][:-3] + "xyz") == 401
-    assert httpx.get(proxy.url + "/_fluxauth/readyz").json() == {"status": "ready", "store": True, "redis": False}
+    assert http.get(proxy.url + "/_fluxauth/readyz").json() == {"status": "ready", "store": True, "redis": False}
     assert 500 not in proxy.app.outcomes
     assert 503 not in proxy.app.outcomes
     assert proxy.app.gate.shared is not None

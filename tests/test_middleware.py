@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +16,7 @@ from fluxauth.demo_upstream import render_tile
 from fluxauth.middleware import FluxAuthMiddleware
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
-from tests.conftest import basic
+from tests.conftest import basic, http
 from tests.servers import ServerThread
 
 
@@ -69,7 +68,7 @@ def served(store_path: str, admin: Admin, clock: FakeClock) -> Iterator[tuple[st
 def test_middleware_allows_key_and_serves_tile(served: tuple[str, str]) -> None:
     """A valid key reaches the wrapped app, which renders the tile."""
     url, token = served
-    response = httpx.get(url + "/v1/services/tiles/acme/era5/main/tiles/1/0/1", headers=basic("acme", token))
+    response = http.get(url + "/v1/services/tiles/acme/era5/main/tiles/1/0/1", headers=basic("acme", token))
     assert response.status_code == 200
     assert response.content == render_tile(1, 0, 1)
 
@@ -77,7 +76,7 @@ def test_middleware_allows_key_and_serves_tile(served: tuple[str, str]) -> None:
 def test_middleware_refuses_without_key(served: tuple[str, str]) -> None:
     """No credentials: 401 with the Basic challenge; the app is not reached."""
     url, _ = served
-    response = httpx.get(url + "/v1/services/tiles/acme/era5/main/tiles/1/0/1")
+    response = http.get(url + "/v1/services/tiles/acme/era5/main/tiles/1/0/1")
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Basic ")
 
@@ -85,7 +84,7 @@ def test_middleware_refuses_without_key(served: tuple[str, str]) -> None:
 def test_middleware_hides_credentials_and_sets_identity(served: tuple[str, str]) -> None:
     """The app sees the principal, not the Authorization header nor spoofed identity headers."""
     url, token = served
-    response = httpx.get(
+    response = http.get(
         url + "/v1/services/tiles/acme/era5/main/whoami",
         headers={**basic("acme", token), "X-Fluxauth-Principal": "admin@evil"},
     )
@@ -100,6 +99,6 @@ def test_middleware_hides_credentials_and_sets_identity(served: tuple[str, str])
 def test_middleware_refuses_other_paths_unless_excluded(served: tuple[str, str]) -> None:
     """Deny by default: non-compute paths are 404 unless listed in exclude_paths."""
     url, _ = served
-    assert httpx.get(url + "/health").text == "ok"
-    assert httpx.get(url + "/other").status_code == 404
-    assert httpx.get(url + "/v1/services/tiles/acme/era5/main/%2e%2e/x").status_code == 400
+    assert http.get(url + "/health").text == "ok"
+    assert http.get(url + "/other").status_code == 404
+    assert http.get(url + "/v1/services/tiles/acme/era5/main/%2e%2e/x").status_code == 400

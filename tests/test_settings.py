@@ -49,7 +49,7 @@ def test_load_settings_defaults() -> None:
     assert settings.trusted_proxies == ()
     assert settings.key_default_lifetime == 365 * 86400
     assert settings.key_default_lifetime <= settings.key_max_lifetime
-    assert settings.change_poll_interval == 1.0
+    assert settings.change_poll_interval == 0.5
 
 
 def test_load_settings_reads_toml_file(tmp_path: Path) -> None:

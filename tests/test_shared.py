@@ -7,7 +7,6 @@ import dataclasses
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import redis
 
@@ -15,7 +14,7 @@ from fluxauth.admin import Admin
 from fluxauth.clock import system_clock
 from fluxauth.settings import Settings
 from fluxauth.shared import CHANNEL, announce
-from tests.conftest import Proxy, ProxyFactory, basic
+from tests.conftest import Proxy, ProxyFactory, basic, http
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
@@ -43,7 +42,7 @@ def token(admin: Admin) -> str:
 
 
 def get(proxy: Proxy, token: str) -> int:
-    return httpx.get(proxy.url + TILE, headers=basic("acme", token), timeout=10).status_code
+    return http.get(proxy.url + TILE, headers=basic("acme", token), timeout=10).status_code
 
 
 def test_shared_token_verified_once_across_replicas(
@@ -126,7 +125,7 @@ def test_shared_rate_limit_counts_across_replicas(
     one, two = proxy_factory(limited), proxy_factory(limited)
     wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     assert [get(one, wrong) for _ in range(3)] == [401, 401, 401]
-    response = httpx.get(two.url + TILE, headers=basic("acme", wrong))
+    response = http.get(two.url + TILE, headers=basic("acme", wrong))
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) > 0
     assert get(two, token) == 429  # the token id is limited, whoever asks, until the window ends
@@ -135,7 +134,7 @@ def test_shared_rate_limit_counts_across_replicas(
 def test_shared_readiness_reports_redis(proxy_factory: ProxyFactory, shared_settings: Settings) -> None:
     """readyz reports the store and Redis separately."""
     proxy = proxy_factory(shared_settings)
-    assert httpx.get(proxy.url + "/_fluxauth/readyz").json() == {"status": "ready", "store": True, "redis": True}
+    assert http.get(proxy.url + "/_fluxauth/readyz").json() == {"status": "ready", "store": True, "redis": True}
 
 
 def test_shared_servers_subscribe_to_notices(
