@@ -12,16 +12,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from fluxauth.admin import Admin
-from fluxauth.clock import system_clock
+from fluxauth.app import FluxAuthApp
+from fluxauth.clock import FakeClock, system_clock
 from fluxauth.settings import Settings
 from fluxauth.shared import CHANNEL, announce
+from fluxauth.store.sqlite import SQLiteStore
 from tests.conftest import Proxy, ProxyFactory, basic, http
 from tests.load import burst
-from tests.servers import free_port
+from tests.servers import ServerThread, free_port
 
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
 
@@ -192,3 +195,43 @@ def test_faults_hanging_upstream_is_504_and_leaks_nothing(
         listener.close()
         for conn in held:
             conn.close()
+
+
+def test_faults_store_gone_cached_keep_working_uncached_get_503(
+    tmp_path: Path, clock: FakeClock, upstream: ServerThread
+) -> None:
+    """With the store's volume gone: cached keys work until their entries expire, others get 503, never 401."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = str(volume / "store.db")
+    store = SQLiteStore(path)
+    settings = Settings(store=path, upstream="http://127.0.0.1:1", argon2_profile="cheapest", cache_ttl=300)
+    admin = Admin(store, settings, clock)
+    admin.create_org("acme")
+    admin.enable_service("acme", "tiles")
+    warm, cold = (admin.create_key("acme", name, permissions=["read"]).token for name in ("warm", "cold"))
+    store.close()
+    echo = "/v1/services/tiles/acme/era5/main/_echo/x"
+    app = FluxAuthApp(dataclasses.replace(settings, upstream=upstream.url), SQLiteStore(path), clock=clock)
+    with ServerThread(app) as server:
+
+        def get(token: str) -> httpx.Response:
+            return http.get(server.url + echo, headers=basic("acme", token))
+
+        assert get(warm).status_code == 200
+        volume.rename(tmp_path / "unmounted")  # the volume goes away under the running server
+
+        assert get(warm).status_code == 200  # level 1
+        refused = get(cold)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "2"
+        assert refused.json()["error"] == "unavailable"
+        assert http.get(server.url + "/_fluxauth/readyz").status_code == 503
+
+        clock.advance(301)  # the cached entries (and org policy) expire
+        assert get(warm).status_code == 503  # not 401: the store did not say no
+
+        (tmp_path / "unmounted").rename(volume)  # it comes back
+        assert get(cold).status_code == 200
+        assert get(warm).status_code == 200
+        assert http.get(server.url + "/_fluxauth/readyz").status_code == 200

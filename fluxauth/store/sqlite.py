@@ -12,6 +12,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -87,32 +88,67 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._connect(create=True)  # the one place a new store file may be made
         self._migrate()
 
     # -- connections ---------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        """This thread's connection, checked against the file on disk at every call.
+
+        An open connection would keep reading a file that was moved away or
+        whose volume went missing; a stat (about a microsecond) tells, and the
+        store then reports itself unavailable (503) instead of answering from a
+        stale file. A replaced file gets a new connection.
+        """
+        try:
+            stat = os.stat(self.path)
+            identity: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            if not create:
+                self._drop_local()
+                raise StoreUnavailable(f"the store file {self.path!r} is missing") from None
+            identity = None
+        except OSError as exc:
+            self._drop_local()
+            raise StoreUnavailable(f"cannot reach the store: {exc.strerror}") from exc
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
+            if identity == getattr(self._local, "identity", None):
+                return conn
+            self._drop_local()
         directory = os.path.dirname(self.path)
         if directory and not os.path.isdir(directory):
             raise StoreUnavailable(f"store directory {directory!r} does not exist")
+        # mode=rw: never create an empty store in place of a missing one.
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + ("?mode=rwc" if create else "?mode=rw")
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
+            stat = os.stat(self.path)
+        except (sqlite3.Error, OSError) as exc:
             conn.close()
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
         self._local.conn = conn
+        self._local.identity = (stat.st_dev, stat.st_ino)
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _drop_local(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
