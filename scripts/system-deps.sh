@@ -8,6 +8,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v caddy >/dev/null || need+=(caddy)
 command -v wrk >/dev/null || need+=(wrk)
+# The tests of real clients: a web map in Chromium, GDAL's tile reader.
+command -v chromium >/dev/null || need+=(chromium)
+command -v gdal_translate >/dev/null || need+=(gdal-bin)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -27,4 +30,19 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/fluxauth-test-redis.log"
   for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+fi
+
+# The browser tests drive Debian's Chromium with playwright-core, which never
+# downloads a browser; it and MapLibre GL JS come from the npm registry, pinned by
+# tests/browser/package-lock.json. Reinstalled only when that lock file changes.
+browser="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+if ! command -v npm >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "system-deps: the browser tests need Node.js >= 20 with npm (for playwright-core); install them" >&2
+  exit 1
+fi
+lock_sum="$(sha256sum "$browser/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$browser/node_modules/.fluxauth-lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
+  echo "system-deps: npm ci in tests/browser (maplibre-gl, playwright-core)" >&2
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$lock_sum" >"$browser/node_modules/.fluxauth-lock-sha256"
 fi
