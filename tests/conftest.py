@@ -6,6 +6,7 @@ import base64
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -17,6 +18,9 @@ from fluxauth.demo_upstream import create_app
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
 from tests.servers import ServerThread
+
+if TYPE_CHECKING:
+    from tests.clients import Stack
 
 # One client for quick one-off requests: httpx.get() builds a whole Client,
 # SSL context included, for every call (tens of milliseconds each).
@@ -103,3 +107,20 @@ def proxy_factory(store_path: str, clock: FakeClock) -> Iterator[ProxyFactory]:
 @pytest.fixture
 def proxy(proxy_factory: ProxyFactory, settings: Settings) -> Proxy:
     return proxy_factory(settings)
+
+
+@pytest.fixture
+def token(admin: Admin) -> str:
+    """The clients' org ``acme`` with tiles and WMS, and its read key's token."""
+    from tests.clients import make_acme
+
+    return make_acme(admin)
+
+
+@pytest.fixture
+def stack(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[Stack]:
+    """fluxauth and the demo upstream, each behind a recorder of what it received."""
+    from tests.clients import running_stack
+
+    with running_stack(settings, store_path, clock) as stack:
+        yield stack

@@ -24,7 +24,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from fluxauth.admin import Admin
 from fluxauth.clock import FakeClock
 from fluxauth.settings import Settings
 from tests.clients import (
@@ -33,7 +32,6 @@ from tests.clients import (
     TILE_PATH,
     Image,
     Stack,
-    make_acme,
     mosaic,
     read_png,
     readme_snippet,
@@ -83,11 +81,6 @@ def allowed_origin(pages: ServerThread) -> str:
 
 def other_origin(pages: ServerThread) -> str:
     return f"http://127.0.0.1:{pages.port}"
-
-
-@pytest.fixture
-def token(admin: Admin) -> str:
-    return make_acme(admin)
 
 
 @pytest.fixture

@@ -11,42 +11,25 @@ import base64
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fluxauth.admin import Admin
-from fluxauth.clock import FakeClock
-from fluxauth.settings import Settings
 from tests.clients import (
     PRINCIPAL,
     README_ORIGIN,
     TILE_PATH,
     Stack,
     escaped_userinfo,
-    make_acme,
     mosaic,
     read_png,
     readme_snippet,
-    running_stack,
     wrong_secret,
 )
 
 ZOOM1_TILES = {TILE_PATH.format(z=1, x=x, y=y) for x in (0, 1) for y in (0, 1)}
 # No test may hang on GDAL: a bounded HTTP timeout and no retries.
 GDAL_ENV = {"GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_CONNECTTIMEOUT": "5", "GDAL_HTTP_MAX_RETRY": "0"}
-
-
-@pytest.fixture
-def token(admin: Admin) -> str:
-    return make_acme(admin)
-
-
-@pytest.fixture
-def stack(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[Stack]:
-    with running_stack(settings, store_path, clock) as stack:
-        yield stack
 
 
 def service_file(tmp_path: Path, stack: Stack, userinfo: str = "") -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +18,19 @@ import httpx
 import pytest
 import requests
 
-from fluxauth.admin import Admin
-from fluxauth.clock import FakeClock
 from fluxauth.demo_upstream import render_tile
-from fluxauth.settings import Settings
 from tests.clients import (
     PRINCIPAL,
     README_HOST,
     TILE_PATH,
     Stack,
     escaped_userinfo,
-    make_acme,
     readme_snippet,
-    running_stack,
     wrong_secret,
 )
 
 TILE = TILE_PATH.format(z=0, x=0, y=0)
 CHALLENGE = 'Basic realm="fluxauth", charset="UTF-8"'
-
-
-@pytest.fixture
-def token(admin: Admin) -> str:
-    return make_acme(admin)
-
-
-@pytest.fixture
-def stack(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[Stack]:
-    with running_stack(settings, store_path, clock) as stack:
-        yield stack
 
 
 def host(stack: Stack) -> str:

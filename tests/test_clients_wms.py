@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,7 +19,6 @@ import httpx
 import pytest
 from owslib.util import ServiceException
 
-from fluxauth.admin import Admin
 from fluxauth.clock import FakeClock
 from fluxauth.settings import Settings
 from tests.clients import (
@@ -28,7 +26,6 @@ from tests.clients import (
     README_ORIGIN,
     WMS_PATH,
     Stack,
-    make_acme,
     read_png,
     readme_snippet,
     running_stack,
@@ -38,17 +35,6 @@ from tests.conftest import basic
 
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 CAPABILITIES = "?service=WMS&request=GetCapabilities&version=1.3.0"
-
-
-@pytest.fixture
-def token(admin: Admin) -> str:
-    return make_acme(admin)
-
-
-@pytest.fixture
-def stack(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[Stack]:
-    with running_stack(settings, store_path, clock) as stack:
-        yield stack
 
 
 def run_owslib_snippet(stack: Stack, token: str) -> dict[str, Any]:
