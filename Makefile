@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fluxauth demo
 
-# What the tests need beyond Python: Redis (started if it is not running) and,
-# for the tests of proxies in front of fluxauth, nginx and Caddy from Debian.
+# What the tests need beyond Python, from Debian and npm (scripts/system-deps.sh):
+# Redis (started if it is not running), nginx, Caddy, wrk, Chromium, GDAL, and
+# maplibre-gl + playwright-core for the browser test.
 system-deps:
 	@scripts/system-deps.sh
 
