@@ -26,6 +26,7 @@ class Cors:
     """The allowed origins and the headers that go with them."""
 
     def __init__(self, origins: tuple[str, ...], max_age: int) -> None:
+        self.configured = bool(origins)
         self.any_origin = "*" in origins
         self._origins = frozenset(origin.encode("ascii") for origin in origins)
         self._max_age = str(max_age).encode("ascii")
@@ -54,9 +55,14 @@ class Cors:
         ]
 
     def response_headers(self, origin: bytes | None) -> Headers:
-        """Headers for an actual response (refusals too, so a map can read the status)."""
+        """Headers for an actual response (refusals too, so a map can read the status).
+
+        With CORS configured, every response says ``Vary: Origin``: the one
+        without ``Access-Control-Allow-Origin`` must not be served from a cache
+        to an allowed page (which would then fail CORS).
+        """
         if not self.allows(origin):
-            return []
+            return [(b"vary", b"Origin")] if self.configured else []
         assert origin is not None
         return [
             (b"access-control-allow-origin", origin),

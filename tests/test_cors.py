@@ -102,8 +102,16 @@ def test_cors_response_headers_for_allowed_origin() -> None:
 
 @pytest.mark.parametrize(
     ("cors", "origin"),
-    [(ALLOWED, b"https://evil.example"), (ALLOWED, None), (ANY, None), (NONE, MAPS.encode())],
+    [(ALLOWED, b"https://evil.example"), (ALLOWED, None), (ANY, None)],
 )
-def test_cors_response_headers_none_for_other_origin(cors: Cors, origin: bytes | None) -> None:
-    """A request from an origin that is not allowed gets no CORS headers."""
-    assert cors.response_headers(origin) == []
+def test_cors_response_headers_only_vary_for_other_origin(cors: Cors, origin: bytes | None) -> None:
+    """With CORS configured, a request from another origin gets only ``Vary: Origin``.
+
+    Without it a cache could hand the header-less answer to an allowed page.
+    """
+    assert cors.response_headers(origin) == [(b"vary", b"Origin")]
+
+
+def test_cors_response_headers_none_when_not_configured() -> None:
+    """Without allowed origins, responses do not vary by Origin and carry no CORS headers."""
+    assert NONE.response_headers(MAPS.encode()) == []
