@@ -33,11 +33,14 @@ unit: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck unit
 
-bench: $(STAMP) system-deps
-	$(BIN)/python loadtests/bench.py
+# fluxauth side by side with Caddy, nginx auth_basic and nginx forward-auth (about 6 minutes;
+# `make bench BENCH_ARGS=--quick` for about 1.5). bench.py installs wrk, nginx and Caddy itself.
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 
+# Locust scenarios for 60 s (LOADTEST_ARGS="--scenario rotation", "--soak 30m", "--duration 5m").
 loadtest: $(STAMP)
-	$(BIN)/python loadtests/run_locust.py
+	$(BIN)/python loadtests/run_locust.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .fluxauth-demo .pytest_cache .mypy_cache .ruff_cache

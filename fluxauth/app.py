@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 from fluxauth import forward_auth
 from fluxauth.clock import Clock, system_clock
 from fluxauth.forward import Forwarder
 from fluxauth.gate import Gate
 from fluxauth.metrics import CONTENT_TYPE, metrics_registry, render_metrics
-from fluxauth.policy import Outcome
-from fluxauth.request import RequestHead, Scope
+from fluxauth.policy import Outcome, refuse_request
+from fluxauth.request import BadRequest, RequestHead, Scope, check_body_size
 from fluxauth.responses import Receive, Send, send_json, send_refusal, send_response
-from fluxauth.settings import Settings, load_settings
+from fluxauth.settings import Settings, load_settings, redact_url
 from fluxauth.store import Store
 
 log = logging.getLogger("fluxauth")
 INTERNAL = b"/_fluxauth/"
+# A refused request's body is never read; the connection is closed after the
+# answer instead of reading (and discarding) whatever the client still sends.
+CLOSE = (b"connection", b"close")
 
 
 class FluxAuthApp:
@@ -38,6 +42,13 @@ class FluxAuthApp:
     async def startup(self) -> None:
         await self.gate.start()
         await self.forwarder.start()
+        settings = self.settings
+        log.info(
+            "fluxauth started: upstream %s%s, redis %s",
+            redact_url(settings.upstream),
+            "".join(f", {name} {redact_url(url)}" for name, url in sorted(settings.upstreams.items())),
+            redact_url(settings.redis_url) if settings.redis_url else "not configured",
+        )
 
     async def shutdown(self) -> None:
         await self.forwarder.stop()
@@ -74,6 +85,11 @@ class FluxAuthApp:
             await self.internal(head.raw_path[len(INTERNAL) :], scope, send)
             return
         decision = await self.gate.check(head)
+        if decision.outcome is Outcome.FORWARD:
+            try:
+                check_body_size(head, max_request_body=self.settings.max_request_body)
+            except BadRequest as exc:
+                decision = refuse_request(exc)
         self.outcomes[decision.status] += 1
         cors = self.gate.cors
         if decision.outcome is Outcome.FORWARD:
@@ -86,6 +102,7 @@ class FluxAuthApp:
                 raw_path=decision.target.raw_path,
                 principal=decision.principal,
                 extra_headers=cors.response_headers(head.origin),
+                head=head,
             )
         elif decision.outcome is Outcome.PREFLIGHT:
             assert head.origin is not None
@@ -93,7 +110,10 @@ class FluxAuthApp:
                 send, 204, b"", cors.preflight_headers(head.origin, head.request_headers), b"text/plain"
             )
         else:
-            await send_refusal(send, decision, cors.response_headers(head.origin))
+            # A body that may still be on its way (any but a plain Content-Length: 0)
+            # is not read: the connection closes after the refusal.
+            unread = bool(head.transfer_encoding) or head.content_length not in ([], [b"0"])
+            await send_refusal(send, decision, cors.response_headers(head.origin) + ([CLOSE] if unread else []))
 
     async def internal(self, name: bytes, scope: Scope, send: Send) -> None:
         if name == b"auth":
@@ -114,8 +134,41 @@ class FluxAuthApp:
             await send_json(send, 404, {"error": "not_found", "detail": "no such internal endpoint"})
 
 
+class RedactingFormatter(logging.Formatter):
+    """A formatter that removes URL userinfo (``redis://:password@host``) from every line it writes.
+
+    Applied to whole formatted records, tracebacks included, so that a
+    password in a Redis, store or upstream URL never reaches a log, whichever
+    library's message or exception carries it.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` that ``fluxauth serve`` gives uvicorn: one redacting handler for all."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"redacting": {"()": RedactingFormatter, "fmt": LOG_FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "redacting"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        # uvicorn's own loggers would otherwise keep their own handlers and formats.
+        "loggers": {
+            name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
 def app_from_environment() -> FluxAuthApp:
     """The factory ``fluxauth serve`` hands to uvicorn: settings from file and environment."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # uvicorn was not given logging_config (run by hand)
+        handler = logging.StreamHandler()
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+        logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     return FluxAuthApp(settings)

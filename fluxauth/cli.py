@@ -247,6 +247,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     ):
         if value:
             os.environ[f"FLUXAUTH_{name}"] = value
+    from fluxauth.app import logging_config
+
     uvicorn.run(
         "fluxauth.app:app_from_environment",
         factory=True,
@@ -254,7 +256,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools (llhttp) refuses ambiguous framing; this subclass adds what
+        # uvicorn lacks: max_header_bytes (431) and client_header_timeout (408).
+        http="fluxauth.httpserver:LimitedHttpToolsProtocol",
         lifespan="on",
         # fluxauth decides whom to trust for X-Forwarded-For itself (trusted_proxies);
         # uvicorn's own handling would rewrite the client address first.
@@ -262,6 +266,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         server_header=False,
         access_log=settings.log_level == "debug",
         log_level=settings.log_level,
+        log_config=logging_config(settings.log_level),  # URL userinfo redacted in every line
+        # Idle keep-alive connections close after 5 s (uvicorn's default, said here
+        # because it is part of the slowloris bound: SECURITY.md).
+        timeout_keep_alive=5,
+        # Not set: limit_concurrency. uvicorn counts open connections against it,
+        # so slow or idle clients would push real requests into 503s.
     )
 
 

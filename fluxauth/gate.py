@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
 import math
 import time
@@ -28,10 +29,10 @@ from fluxauth.cors import Cors
 from fluxauth.credentials import BasicCredentials, MalformedCredentials, parse_basic
 from fluxauth.errors import StoreUnavailable
 from fluxauth.histogram import Histogram
-from fluxauth.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_path
+from fluxauth.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_path, refuse_request
 from fluxauth.proxies import ProxyTrust
-from fluxauth.ratelimit import FailureLimiter
-from fluxauth.request import RequestHead
+from fluxauth.ratelimit import FailureLimiter, client_subject
+from fluxauth.request import BadRequest, RequestHead, check_framing
 from fluxauth.settings import Settings
 from fluxauth.shared import SharedCache
 from fluxauth.store import Change, Credential, OrgPolicy, Store, open_store
@@ -46,6 +47,10 @@ V = TypeVar("V")
 Auth = Principal | Failure
 _UNKNOWN_ORG = OrgPolicy("")  # cached stand-in for "no such org" (TTLCache cannot hold None apart)
 LAST_USED_FLUSH_SECONDS = 60.0
+# How long a credential that verified stays exempt from the failure limits
+# (not from verification): an attacker who knows a token id can lock it out
+# for others' *new* verifications, but not for a client that already used it.
+KNOWN_GOOD_SECONDS = 86400.0
 
 
 def _single_flight(table: dict[K, asyncio.Future[V]], key: K, make: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
@@ -75,6 +80,8 @@ class GateStats:
     l1_hits: int = 0
     changes_applied: int = 0
     rate_limited: int = 0
+    overloaded: int = 0  # refused: max_pending_verifications were already waiting
+    pending_peak: int = 0  # the most verifications ever in flight at once
     verify_seconds: Histogram = dataclasses.field(default_factory=Histogram)
 
 
@@ -99,7 +106,9 @@ class Gate:
         )
         self._policies: TTLCache[str, OrgPolicy] = TTLCache(10_000, settings.cache_ttl, timer=clock)
         self._policy_loads: dict[str, asyncio.Future[OrgPolicy]] = {}
-        self._verifications: dict[bytes, asyncio.Future[Auth]] = {}
+        self._verifications: dict[bytes, asyncio.Future[tuple[Auth, int | None]]] = {}
+        # Credential HMACs that verified within KNOWN_GOOD_SECONDS (no principal, no secret).
+        self._known_good: TTLCache[bytes, bool] = TTLCache(settings.cache_maxsize, KNOWN_GOOD_SECONDS, timer=clock)
         self._last_used: dict[tuple[str, str], float] = {}
         self._secret = b""
         self._hasher: TokenHasher | None = None
@@ -169,7 +178,11 @@ class Gate:
     # -- deciding ------------------------------------------------------------
 
     async def check(self, head: RequestHead) -> Decision:
-        """The decision for one request (path, policy, CORS, credentials)."""
+        """The decision for one request (framing, path, policy, CORS, credentials)."""
+        try:
+            check_framing(head, max_url_length=self.settings.max_url_length)
+        except BadRequest as exc:
+            return refuse_request(exc)
         try:
             target = parse_target(head.raw_path, self.protocols)
             check_query(head.query)
@@ -210,9 +223,13 @@ class Gate:
     async def authenticate(self, head: RequestHead) -> tuple[Auth, int | None]:
         """The principal behind the request's credentials, or why there is none.
 
-        The second value is a Retry-After for rate-limited clients.
+        The second value is a Retry-After for rate-limited clients. The order
+        is what bounds an attacker's cost to us: cached credentials first (never
+        locked out, never queued), then joining a verification already running
+        for the same credential, then the failure limits (attempts still running
+        count as failures), then the bound on verifications waiting for the pool.
         """
-        client = self.proxies.client(head.peer, head.forwarded_for)
+        client = client_subject(self.proxies.client(head.peer, head.forwarded_for))
         try:
             credentials = parse_basic(head.authorization)
         except MalformedCredentials as exc:
@@ -233,19 +250,58 @@ class Gate:
                 self.cache.put(key, principal, generation)
                 self._last_used[(principal.org, principal.name)] = self.clock()
                 return principal, None
-        subjects = [client, "token:" + credentials.token.token_id]
-        wait = await self._retry_after(subjects)
-        if wait:
-            self.stats.rate_limited += 1
-            return Failure.RATE_LIMITED, math.ceil(wait)
-        auth = await asyncio.shield(
-            _single_flight(self._verifications, key, lambda: self._verify(credentials, key, generation))
-        )
-        if isinstance(auth, Failure):
-            if auth is not Failure.STORE_UNAVAILABLE:
-                await self._record_failure(subjects)
-        else:
+        flight = self._verifications.get(key)
+        if flight is None:
+            # From here to creating the flight nothing awaits: concurrent
+            # requests see each other's reservations.
+            subjects = [client, self._token_subject(credentials.token.token_id)]
+            exempt = key in self._known_good
+            wait = None if exempt else self._local_retry_after(subjects)
+            if wait:
+                self.stats.rate_limited += 1
+                return Failure.RATE_LIMITED, math.ceil(wait)
+            if len(self._verifications) >= self.settings.max_pending_verifications:
+                self.stats.overloaded += 1
+                return Failure.OVERLOADED, None
+            self.limiter.reserve(subjects)
+            flight = _single_flight(
+                self._verifications,
+                key,
+                lambda: self._attempt(credentials, key, generation, subjects, exempt=exempt),
+            )
+            self.stats.pending_peak = max(self.stats.pending_peak, len(self._verifications))
+        auth, retry_after = await asyncio.shield(flight)
+        if isinstance(auth, Principal):
             self._last_used[(auth.org, auth.name)] = self.clock()
+        return auth, retry_after
+
+    def _token_subject(self, token_id: str) -> str:
+        """The rate-limit subject of a token id: keyed, so that Redis never holds token ids."""
+        digest = hmac.digest(self._secret, b"token-id\x00" + token_id.encode("ascii"), "sha256")
+        return "token:" + digest[:16].hex()
+
+    def _local_retry_after(self, subjects: list[str]) -> float | None:
+        waits = [wait for subject in subjects if (wait := self.limiter.retry_after(subject))]
+        return max(waits) if waits else None
+
+    async def _attempt(
+        self, credentials: BasicCredentials, key: bytes, generation: int, subjects: list[str], *, exempt: bool
+    ) -> tuple[Auth, int | None]:
+        """One uncached attempt: the shared failure limits, then the verification; failures recorded."""
+        try:
+            if not exempt and self.shared is not None:
+                wait = await self.shared.retry_after(subjects, self.settings.rate_limit_failures)
+                if wait:
+                    self.stats.rate_limited += 1
+                    return Failure.RATE_LIMITED, math.ceil(wait)
+            auth = await self._verify(credentials, key, generation)
+        finally:
+            self.limiter.release(subjects)
+        if isinstance(auth, Principal):
+            self._known_good[key] = True
+        elif auth is not Failure.STORE_UNAVAILABLE:
+            self._known_good.pop(key, None)
+            await self._record_failure(subjects)
         return auth, None
 
     async def _shared_principal(self, key: bytes) -> Principal | None:
@@ -259,13 +315,6 @@ class Gate:
             return None
         self.shared.l2_hits += 1
         return principal
-
-    async def _retry_after(self, subjects: list[str]) -> float:
-        """The longest wait any of ``subjects`` owes, here or (with Redis) on any replica."""
-        waits = [self.limiter.retry_after(subject) or 0.0 for subject in subjects]
-        if self.shared is not None:
-            waits.append(await self.shared.retry_after(subjects, self.settings.rate_limit_failures) or 0.0)
-        return max(waits)
 
     async def _record_failure(self, subjects: list[str]) -> None:
         for subject in subjects:
@@ -291,7 +340,10 @@ class Gate:
         secret = credentials.token.secret
         started = time.perf_counter()
         if found is None:
+            # The same work, and the same trace in the metrics, as a wrong
+            # secret: neither the time nor /_fluxauth/metrics tells ids apart.
             await loop.run_in_executor(self._verify_pool, self._hasher.verify_decoy, secret)
+            self.stats.verify_seconds.observe(time.perf_counter() - started)
             return Failure.UNKNOWN_TOKEN
         matched = await loop.run_in_executor(self._verify_pool, self._hasher.verify, found.token.hash, secret)
         self.stats.verify_seconds.observe(time.perf_counter() - started)

@@ -23,6 +23,27 @@ from fluxauth.store import Store
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# What the app never sees from the client (names compared with '_' read as '-',
+# as WSGI adapters fold them): the credentials, a forged identity, and the
+# headers that make frameworks serve another path or method than was decided.
+# X-Forwarded-* stay: in-process, they are the server's and the app's business.
+_HIDDEN = frozenset(
+    {
+        b"authorization",
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
+
+
+def _hidden_from_app(name: bytes) -> bool:
+    normal = name.replace(b"_", b"-")
+    return normal in _HIDDEN or normal.startswith(b"x-fluxauth-")
+
 
 class FluxAuthMiddleware:
     def __init__(
@@ -58,11 +79,7 @@ class FluxAuthMiddleware:
         cors = self.gate.cors.response_headers(head.origin)
         if decision.outcome is Outcome.FORWARD:
             principal = decision.principal
-            headers = [
-                (name, value)
-                for name, value in scope["headers"]
-                if name != b"authorization" and not name.startswith(b"x-fluxauth-")
-            ]
+            headers = [(name, value) for name, value in scope["headers"] if not _hidden_from_app(name)]
             if principal is not None:
                 headers += [
                     (b"x-fluxauth-org", principal.org.encode()),

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from fluxauth.request import BadRequest
 from fluxauth.store.models import OrgPolicy
 from fluxauth.target import PathError, Target
 
@@ -74,6 +75,7 @@ class Failure(enum.Enum):
     WRONG_ORG = "wrong_org"
     RATE_LIMITED = "rate_limited"
     STORE_UNAVAILABLE = "store_unavailable"
+    OVERLOADED = "overloaded"
 
 
 class Outcome(enum.Enum):
@@ -113,6 +115,9 @@ _REFUSALS: dict[Failure, tuple[int, str, str]] = {
     Failure.WRONG_ORG: (401, "unauthorized", "the username must be the key's org"),
     Failure.RATE_LIMITED: (429, "too_many_requests", "too many failed attempts; retry later"),
     Failure.STORE_UNAVAILABLE: (503, "unavailable", "the key store cannot be reached; retry shortly"),
+    # Too many verifications already waiting for the argon2 pool (max_pending_verifications):
+    # not the client's fault, so not counted as a failure; cached credentials are unaffected.
+    Failure.OVERLOADED: (503, "overloaded", "too many new credentials to verify at once; retry shortly"),
 }
 STORE_RETRY_AFTER = 2
 _REFUSAL_DECISIONS = {
@@ -122,7 +127,9 @@ _REFUSAL_DECISIONS = {
         error,
         detail,
         failure=failure,
-        retry_after={503: STORE_RETRY_AFTER, 429: 1}.get(status),
+        retry_after={Failure.STORE_UNAVAILABLE: STORE_RETRY_AFTER, Failure.OVERLOADED: 1}.get(
+            failure, 1 if status == 429 else None
+        ),
     )
     for failure, (status, error, detail) in _REFUSALS.items()
 }
@@ -134,6 +141,11 @@ def refuse(failure: Failure) -> Decision:
 
 
 def refuse_path(error: PathError) -> Decision:
+    return Decision(Outcome.REFUSE, error.status, error.error, str(error))
+
+
+def refuse_request(error: BadRequest) -> Decision:
+    """The refusal of a request whose framing, size or target length is not acceptable."""
     return Decision(Outcome.REFUSE, error.status, error.error, str(error))
 
 

@@ -78,10 +78,45 @@ class Settings:
     upstream_read_timeout: float = 60.0
     upstream_max_connections: int = 256
     log_level: LogLevel = "info"
+    # Limits on what one client may cost (SECURITY.md). Verifications waiting
+    # for the argon2 pool, per process: beyond it, uncached credentials get 503.
+    max_pending_verifications: int = 64
+    max_header_bytes: int = 64 * 1024  # request line and headers; 431 beyond (fluxauth serve)
+    max_url_length: int = 8192  # path and query; 414 beyond (nginx's default line buffer)
+    max_request_body: int = 100 * 1024 * 1024  # bytes; 413 beyond; 0 = no limit
+    client_header_timeout: float = 10.0  # to send the whole request head (fluxauth serve)
+    client_body_timeout: float = 30.0  # the longest pause between two pieces of a request body
+    send_timeout: float = 30.0  # the longest a client may leave a piece of the response unread
 
     def upstream_for(self, protocol: str) -> str:
         """The upstream base URL for ``protocol``, or the default one."""
         return self.upstreams.get(protocol, self.upstream)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug logs: URLs lose their userinfo
+        # (passwords of Redis or an upstream), the cache secret shows as Secret('***').
+        fields = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name in ("store", "redis_url", "upstream") and isinstance(value, str):
+                value = redact_url(value)
+            elif item.name == "upstreams":
+                value = {name: redact_url(url) for name, url in value.items()}
+            fields.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(fields)})"
+
+
+# scheme://user:password@host -> scheme://***@host, wherever it appears in a text.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``***``.
+
+    Redis, store and upstream URLs may carry a password (``redis://:pw@host``);
+    log lines, error messages and reprs show them through this.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 def _text(key: str, raw: object) -> str:
@@ -102,7 +137,7 @@ def _url(key: str, raw: object) -> str:
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ConfigError(f"{key}: expected an http(s) URL, got {raw!r}")
+        raise ConfigError(f"{key}: expected an http(s) URL, got {redact_url(text)!r}")
     return text
 
 
@@ -245,6 +280,13 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "upstream_read_timeout": _positive_float,
     "upstream_max_connections": lambda k, v: _int(k, v, 1),
     "log_level": _choice(get_args(LogLevel)),
+    "max_pending_verifications": lambda k, v: _int(k, v, 1),
+    "max_header_bytes": lambda k, v: _int(k, v, 1024),
+    "max_url_length": lambda k, v: _int(k, v, 256),
+    "max_request_body": lambda k, v: _int(k, v, 0),
+    "client_header_timeout": _positive_float,
+    "client_body_timeout": _positive_float,
+    "send_timeout": _positive_float,
 }
 assert set(_CONVERTERS) == {f.name for f in dataclasses.fields(Settings)}
 

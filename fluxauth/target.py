@@ -11,6 +11,7 @@ behind proxies, nginx ``merge_slashes`` surprises, double decoding in IIS).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -25,6 +26,11 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(rb"[\x00-\x20\x7f\\#?]")
 _DECODED_FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f/\\?#]")
 _DOTS = (b".", b"..")
+_TEXT_DOTS = (".", "..")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+# Unicode categories no path segment needs and some readers drop or break lines
+# at: C1 controls, format characters (zero-width, bidi overrides), U+2028/9.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _MAX_DECODES = 4  # enough to unwrap %25252e; each round can only shrink the segment
 
 
@@ -61,29 +67,65 @@ class Target:
         return f"{self.org}/{self.repo}"
 
 
+def _looks_like_dots(value: bytes) -> bool:
+    """Whether some reader could take ``value`` for ``.`` or ``..``.
+
+    Plain, with ``;params`` cut off (Tomcat, Spring: ``..;/``), with
+    surrounding whitespace trimmed (``..%20``: Windows drops trailing spaces,
+    and ``str.strip()`` any Unicode space) or NFKC-folded (``%EF%BC%8E`` is a
+    fullwidth full stop, ``%E2%80%A5`` a two-dot leader: both fold to dots).
+    """
+    if value in _DOTS or value.split(b";", 1)[0] in _DOTS:
+        return True
+    if b"." not in value and not _NON_ASCII.search(value):
+        return False  # the common case: no dot could come out of it
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # refused as invalid UTF-8 once fully decoded
+    for reading in (text, unicodedata.normalize("NFKC", text)):
+        if reading.strip() in _TEXT_DOTS or reading.split(";", 1)[0].strip() in _TEXT_DOTS:
+            return True
+    return False
+
+
+def _read_once(value: bytes) -> bytes:
+    """One more layer of what a reader might do to a segment: percent-decoding, then NFKC folding."""
+    if b"%" in value:
+        if _BAD_ESCAPE.search(value):
+            raise AmbiguousPath("malformed percent-encoding")
+        return unquote_to_bytes(value)
+    if value.isascii():
+        return value  # ASCII is its own NFKC form
+    try:
+        text = value.decode("utf-8")  # strict: also refuses overlong forms such as %C0%AE
+    except UnicodeDecodeError:
+        raise AmbiguousPath("the path is not valid UTF-8") from None
+    if any(unicodedata.category(char) in _INVISIBLE for char in text):
+        raise AmbiguousPath("invisible or line-breaking characters in the path")
+    # Compatibility forms fold into the characters they imitate: a fullwidth
+    # solidus (%EF%BC%8F) is '/' to any reader that normalizes (NFKC).
+    return unicodedata.normalize("NFKC", text).encode("utf-8")
+
+
 def _check_segment(segment: bytes) -> None:
     """Refuse a segment that any depth of decoding turns into a separator or dot segment.
 
-    An upstream may decode once (most), twice (IIS, some frameworks) or strip
-    ``;params`` (Tomcat, Spring: ``..;/``); each reading must see a plain segment.
+    An upstream may decode once (most), twice (IIS, some frameworks), strip
+    ``;params`` (Tomcat, Spring: ``..;/``), trim spaces or fold Unicode
+    compatibility forms; each reading must see a plain segment.
     """
     value = segment
-    for _ in range(_MAX_DECODES):
-        if value in _DOTS or value.split(b";", 1)[0] in _DOTS:
+    for layer in range(_MAX_DECODES):
+        if _looks_like_dots(value):
             raise AmbiguousPath("dot segments are not allowed")
-        if b"%" not in value:
-            break
-        if _BAD_ESCAPE.search(value):
-            raise AmbiguousPath("malformed percent-encoding")
-        value = unquote_to_bytes(value)
-        if _DECODED_FORBIDDEN.search(value):
+        if layer and _DECODED_FORBIDDEN.search(value):
             raise AmbiguousPath("an encoded '/', '\\', '?', '#' or control character in the path")
-    else:
-        raise AmbiguousPath("too many layers of percent-encoding")
-    try:
-        value.decode("utf-8")  # strict: also refuses overlong forms such as %C0%AE
-    except UnicodeDecodeError:
-        raise AmbiguousPath("the path is not valid UTF-8") from None
+        read = _read_once(value)
+        if read == value:
+            return
+        value = read
+    raise AmbiguousPath("too many layers of percent-encoding")
 
 
 def parse_target(raw_path: bytes, protocols: frozenset[str] | tuple[str, ...]) -> Target:
@@ -105,6 +147,14 @@ def parse_target(raw_path: bytes, protocols: frozenset[str] | tuple[str, ...]) -
         raise AmbiguousPath("the protocol segment is not a plain name")
     if not (_NAME.fullmatch(org) and _NAME.fullmatch(repo) and _REF.fullmatch(ref)):
         raise AmbiguousPath("org, repo and ref must be plain names (letters, digits, '.', '_', '-')")
+    # "era5.." glued to what follows is "era5/.." to a proxy or alias that
+    # strips "/.../era5" as a string prefix (nginx's off-by-slash alias, Traefik
+    # StripPrefix CVE-2026-48020): no org or repo may contain "..", nor a git
+    # ref. Windows drops a trailing dot ("era5." is "era5"; git refs cannot
+    # end with one either).
+    for segment in (org, repo, ref):
+        if b".." in segment or segment.endswith(b"."):
+            raise AmbiguousPath("org, repo and ref may neither contain '..' nor end with '.'")
     name = protocol.decode("ascii")
     if name not in protocols:
         raise NotComputePath("unknown protocol")

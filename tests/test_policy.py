@@ -129,6 +129,7 @@ TABLE = {
     "wrong-org-401": Row(refused(401), auth=Failure.WRONG_ORG),
     "rate-limited-429": Row(refused(429), auth=Failure.RATE_LIMITED),
     "store-unavailable-503": Row(refused(503), auth=Failure.STORE_UNAVAILABLE),
+    "verifications-overloaded-503": Row(refused(503), auth=Failure.OVERLOADED),
     "failure-on-authenticated-repo-401": Row(refused(401), repo="shared", auth=Failure.BAD_SECRET),
     # 4. A principal that lapsed (e.g. taken from a cache) since it was verified.
     "key-expired-401": Row(refused(401), auth=EXPIRED),
@@ -210,6 +211,7 @@ def test_decide_table_covers_every_failure() -> None:
         # At least 1 s; the gate replaces it with the real wait (see gate.authenticate).
         (Failure.RATE_LIMITED, 429, 1),
         (Failure.STORE_UNAVAILABLE, 503, STORE_RETRY_AFTER),
+        (Failure.OVERLOADED, 503, 1),
     ],
 )
 def test_refuse_maps_failure_to_status(failure: Failure, status: int, retry_after: int | None) -> None:

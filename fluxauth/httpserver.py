@@ -1,0 +1,178 @@
+"""The HTTP/1.1 protocol ``fluxauth serve`` runs: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn (0.54) with httptools (llhttp) refuses malformed framing itself —
+``Content-Length`` with ``Transfer-Encoding``, repeated or listed lengths,
+transfer codings other than a final ``chunked``, obs-fold, bare CR or LF,
+NUL and raw non-ASCII in the target — but it bounds neither the size of a
+request head nor the time a client may take to send it: a 200 MB header is
+read into memory (and concatenated piece by piece, in quadratic time), and a
+connection that has sent half a request line, or nothing at all, is held for
+ever (slowloris). ``timeout_keep_alive`` only covers the quiet time between
+two requests. This protocol adds:
+
+- ``max_header_bytes``: a request line plus headers longer than this is
+  answered 431 and the connection closed: counted exactly once the head is
+  parsed, and, while it is still arriving, per read (so that an endless head
+  is cut off after at most one read past the limit, not buffered for ever);
+- ``client_header_timeout``: a request head (from the connection's first byte
+  or the request's first byte) not complete within this is answered 408 and
+  the connection closed.
+
+Both come from the served app's settings (``FluxAuthApp`` or
+``FluxAuthMiddleware``), or the defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from asyncio import TimerHandle
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from fluxauth.settings import Settings
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop httptools at a head over ``max_header_bytes``."""
+
+
+def _settings_of(app: object) -> Settings:
+    """The settings of the fluxauth app or middleware that uvicorn serves, under any wrappers."""
+    for _ in range(8):
+        gate = getattr(app, "gate", None)
+        settings = getattr(gate, "settings", None)
+        if isinstance(settings, Settings):
+            return settings
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return Settings()
+
+
+def _refusal(status: int, reason: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a bound on the size of a request head and on the time to send it."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = _settings_of(self.app)
+        self.max_header_bytes = settings.max_header_bytes
+        self.header_timeout = settings.client_header_timeout
+        self._in_head = True  # waiting for, or reading, a request head
+        self._head_bytes = 0
+        self._head_timer: TimerHandle | None = None
+        self._too_large = False  # the head just parsed is over the limit
+        self._refused = False  # answered (or about to be) and closing: read nothing more
+
+    # -- connection ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # a connection that never sends a byte is a slowloris too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the head is already too long: feed the parser nothing more
+        if self._in_head:
+            # Counted per read, not per byte of the head: a head may pass the
+            # limit by up to one read (64-256 KiB) before it is refused.
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._refused or self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes > self.max_header_bytes:
+            self._refuse_too_large()
+
+    # -- parser callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._arm_head_timer()  # keeps the deadline armed at connection_made for the first request
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._too_large = True
+            # Stops the parser: uvicorn answers parse errors with send_400_response, below.
+            raise _HeadTooLarge
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_too_large()
+        else:
+            super().send_400_response(msg)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    # -- limits --------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy and self.flow.read_paused:
+            # A pipelined head that we stopped reading while answering the one
+            # before it: not the client's delay.
+            self._arm_head_timer()
+            return
+        self._refuse(
+            408, "Request Timeout", "request_timeout", f"the request head took longer than {self.header_timeout} s"
+        )
+
+    def _refuse_too_large(self) -> None:
+        self._refuse(
+            431,
+            "Request Header Fields Too Large",
+            "headers_too_large",
+            f"the request line and headers are longer than {self.max_header_bytes} bytes",
+        )
+
+    def _refuse(self, status: int, reason: str, error: str, detail: str) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An answer to an earlier request is still being written: close after it.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(_refusal(status, reason, error, detail))
+        self.transport.close()
