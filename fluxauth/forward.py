@@ -223,7 +223,9 @@ class Forwarder:
                 compress=None,
             ) as upstream:
                 self.latency.observe(time.perf_counter() - sent_at)
-                response_headers = _response_headers(upstream.raw_headers) + extra_headers
+                response_headers = (
+                    _response_headers(upstream.raw_headers, private=principal is not None) + extra_headers
+                )
                 await self._send(
                     send, {"type": "http.response.start", "status": upstream.status, "headers": response_headers}
                 )
@@ -323,8 +325,29 @@ class _BodyReader:
                 return
 
 
-def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> Headers:
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...], *, private: bool) -> Headers:
+    """The upstream's response headers without hop-by-hop ones.
+
+    ``private``: the request was authenticated, so the answer is for that key
+    alone. An upstream's ``public`` or ``s-maxage`` would let a shared cache in
+    front of fluxauth serve it to anyone (RFC 9111 §3.5); they are replaced by
+    ``private``.
+    """
     named = _connection_named(list(raw))
-    return [
+    headers = [
         (name.lower(), value) for name, value in raw if name.lower() not in HOP_BY_HOP and name.lower() not in named
     ]
+    if not private:
+        return headers
+    directives: list[bytes] = []
+    kept = []
+    for name, value in headers:
+        if name == b"cache-control":
+            directives += [part.strip() for part in value.split(b",") if part.strip()]
+        else:
+            kept.append((name, value))
+    directives = [d for d in directives if d.lower() != b"public" and not d.lower().startswith(b"s-maxage")]
+    if not any(d.lower() in (b"private", b"no-store") for d in directives):
+        directives.insert(0, b"private")
+    kept.append((b"cache-control", b", ".join(directives)))
+    return kept

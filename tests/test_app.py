@@ -376,3 +376,12 @@ def test_app_metrics_count_decisions(world: World, client: httpx.Client) -> None
     assert "fluxauth_verifications_total 1.0" in text
     assert world.reader.token not in text
     assert json.dumps(world.reader.token_id) not in text
+
+
+def test_app_authenticated_answers_are_private(world: World, client: httpx.Client) -> None:
+    """An upstream's ``Cache-Control: public`` becomes ``private`` for a key's request; public reads keep it."""
+    keyed = client.get(TILE, headers=auth(world.reader))
+    assert keyed.headers["cache-control"] == "private, max-age=60"
+    anonymous = client.get("/v1/services/tiles/beta/any/main/tiles/0/0/0")
+    assert anonymous.status_code == 200
+    assert anonymous.headers["cache-control"] == "public, max-age=60"
