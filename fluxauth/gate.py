@@ -47,9 +47,12 @@ V = TypeVar("V")
 Auth = Principal | Failure
 _UNKNOWN_ORG = OrgPolicy("")  # cached stand-in for "no such org" (TTLCache cannot hold None apart)
 LAST_USED_FLUSH_SECONDS = 60.0
-# How long a credential that verified stays exempt from the failure limits
-# (not from verification): an attacker who knows a token id can lock it out
-# for others' *new* verifications, but not for a client that already used it.
+# How long a credential that verified stays exempt from the failure limits and
+# the bound on pending verifications (not from verification): an attacker who
+# knows a token id, or floods the verify pool, can hold up *new* credentials,
+# not a client that already used its own. Only a correct secret gets here, and
+# each such verification is cached, so the exemption costs at most one
+# verification per credential and cache_ttl.
 KNOWN_GOOD_SECONDS = 86400.0
 
 
@@ -228,6 +231,7 @@ class Gate:
         locked out, never queued), then joining a verification already running
         for the same credential, then the failure limits (attempts still running
         count as failures), then the bound on verifications waiting for the pool.
+        Credentials that verified here within a day pass both.
         """
         client = client_subject(self.proxies.client(head.peer, head.forwarded_for))
         try:
@@ -260,7 +264,7 @@ class Gate:
             if wait:
                 self.stats.rate_limited += 1
                 return Failure.RATE_LIMITED, math.ceil(wait)
-            if len(self._verifications) >= self.settings.max_pending_verifications:
+            if not exempt and len(self._verifications) >= self.settings.max_pending_verifications:
                 self.stats.overloaded += 1
                 return Failure.OVERLOADED, None
             self.limiter.reserve(subjects)

@@ -12,7 +12,8 @@ _KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def _check(pattern: re.Pattern[str], what: str, rule: str, value: str) -> str:
-    if not pattern.fullmatch(value) or ".." in value:
+    # No "..", no trailing ".": paths naming them are refused as ambiguous (target.py).
+    if not pattern.fullmatch(value) or ".." in value or value.endswith("."):
         raise InputError(f"bad {what} {value!r}: {rule}")
     return value
 

@@ -147,7 +147,7 @@ def tile_png(size: int = TILE_BYTES) -> bytes:
     """
     from fluxauth.demo_upstream import render_tile
 
-    png = render_tile(1, 0, 0)
+    png: bytes = render_tile(1, 0, 0)
     end = png.rindex(b"IEND") - 4
     padding = size - len(png) - 12
     if padding < 0:
@@ -205,7 +205,7 @@ class Setup:
     runs: list[WrkResult] = field(default_factory=list)
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(run, name) for run in self.runs)
+        return float(statistics.median(getattr(run, name) for run in self.runs))
 
 
 class Bench:
@@ -676,7 +676,7 @@ def run(args: argparse.Namespace, tmp: Path, servers: Servers, started: datetime
         )
         quiet = attack["quiet"]
         print(f"  quiet:            legit p99 {quiet['p99_ms']:7.2f} ms, {quiet['requests_per_second']:6.0f} req/s")
-        for phase, what in (("burst", "first 20 verified"), ("steady", "all 429")):
+        for phase, what in (("burst", "fresh limiter window"), ("steady", "same window, later")):
             found, flood = attack[phase], attack[phase]["flood"]
             print(
                 f"  attack, {phase + ':':8}  legit p99 {found['p99_ms']:7.2f} ms,"

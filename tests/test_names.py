@@ -97,3 +97,10 @@ def test_split_repository_refuses(value: str, message: str) -> None:
     """A repository that is not ``org/repo`` with valid parts says which part is wrong."""
     with pytest.raises(InputError, match=message):
         split_repository(value)
+
+
+@pytest.mark.parametrize("value", ["era5.", "a.", "x..y"])
+def test_check_repo_refuses_names_paths_would_refuse(value: str) -> None:
+    """A repo ending in '.' or holding '..' is refused at creation: its paths are refused as ambiguous."""
+    with pytest.raises(InputError):
+        check_repo(value)
