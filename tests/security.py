@@ -25,7 +25,6 @@ import posixpath
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -43,7 +42,7 @@ from fluxauth.httpserver import LimitedHttpToolsProtocol
 from fluxauth.policy import Decision
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
-from tests.servers import ServerThread, free_port
+from tests.servers import ServerThread, free_port, wait_for_port
 
 DATA = Path(__file__).parent / "data"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -368,17 +367,7 @@ def running(args: list[str], port: int, log: Path, env: dict[str, str] | None = 
     with log.open("ab") as output:
         process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{args!r} exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"port {port} did not open:\n{log.read_text()}") from None
-                time.sleep(0.02)
+        wait_for_port(port, process, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -16,9 +16,7 @@ import hashlib
 import ipaddress
 import os
 import re
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from fluxauth.admin import Admin, IssuedToken
 from fluxauth.demo_upstream import create_app
 from fluxauth.settings import Settings
 from tests.conftest import Proxy, ProxyFactory, basic
-from tests.servers import ServerThread, free_port
+from tests.servers import ServerThread, free_port, wait_for_port
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -268,21 +266,6 @@ def render(template: Path, replacements: dict[str, str]) -> str:
         assert old in text, f"{old!r} is not in {template.name}"
         text = text.replace(old, new)
     return text
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll until ``port`` accepts connections; fail with the server's log if it exits first."""
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"port {port} did not open:\n{log.read_text()}") from None
-            time.sleep(0.02)
 
 
 @contextlib.contextmanager
