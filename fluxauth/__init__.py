@@ -15,7 +15,7 @@ __all__ = ["FluxAuthApp", "FluxAuthMiddleware", "Settings", "__version__", "load
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the command line needs neither aiohttp nor redis.
+    # Imported on first use: the command line needs neither the HTTP server's parts nor redis.
     if name == "FluxAuthApp":
         from fluxauth.app import FluxAuthApp
 

@@ -20,6 +20,7 @@ from fluxauth.policy import Outcome, refuse_request
 from fluxauth.request import BadRequest, RequestHead, Scope, check_body_size
 from fluxauth.responses import Receive, Send, send_json, send_refusal, send_response
 from fluxauth.settings import Settings, load_settings, redact_url
+from fluxauth.splice import DECISION
 from fluxauth.store import Store
 
 log = logging.getLogger("fluxauth")
@@ -84,7 +85,8 @@ class FluxAuthApp:
         if head.raw_path.startswith(INTERNAL):
             await self.internal(head.raw_path[len(INTERNAL) :], scope, send)
             return
-        decision = await self.gate.check(head)
+        # Decided already when the hot path (splice.py) handed the request back.
+        decision = scope.get(DECISION) or await self.gate.check(head)
         if decision.outcome is Outcome.FORWARD:
             try:
                 check_body_size(head, max_request_body=self.settings.max_request_body)

@@ -1,7 +1,6 @@
-"""Forwarding to the upstream: one aiohttp session per process, bodies streamed both ways.
+"""Forwarding to the upstream: one connection pool per process (``upstream.py``), bodies streamed both ways.
 
-aiohttp rather than httpx carries upstream traffic: httpx's pool collapses under
-concurrency (encode/httpx#3215; DESIGN.md §5). What reaches the upstream:
+What reaches the upstream:
 
 - the raw path and query exactly as decided on (``encoded=True``: no re-quoting);
 - no hop-by-hop headers (RFC 9110 §7.6.1), nor any header named in
@@ -32,16 +31,14 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
+from fluxauth.errors import UpstreamError, UpstreamTimeout
 from fluxauth.histogram import Histogram
 from fluxauth.policy import Principal
 from fluxauth.proxies import ProxyTrust, forwarded_headers
 from fluxauth.request import RequestHead, Scope
 from fluxauth.responses import Headers, Message, Receive, Send, send_json
 from fluxauth.settings import Settings
+from fluxauth.upstream import Connection, Origin, UpstreamPool
 
 log = logging.getLogger("fluxauth.forward")
 
@@ -84,7 +81,15 @@ _DROPPED_REQUEST = HOP_BY_HOP | {
 }
 _DROPPED_PREFIXES = (b"x-fluxauth-", b"x-forwarded-")
 _KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-_CHUNK = 64 * 1024
+# Methods whose requests carry no body unless they say so: no "Content-Length: 0" is added.
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+
+def upstream_refusal(failure: UpstreamError) -> tuple[int, dict[str, str]]:
+    """The status and body that answer a request the upstream failed before its response began."""
+    if isinstance(failure, UpstreamTimeout):
+        return 504, {"error": "upstream_timeout", "detail": "the upstream did not answer in time"}
+    return 502, {"error": "bad_gateway", "detail": "the upstream cannot be reached"}
 
 
 def dropped_header(name: bytes) -> bool:
@@ -113,76 +118,84 @@ class _BodyTooLarge(Exception):
     """The streamed body went past ``max_request_body``."""
 
 
+class _SendStalled(Exception):
+    """The client did not accept a piece of the response within ``send_timeout``."""
+
+
 class Forwarder:
     """Sends decided requests upstream and streams the answers back."""
 
     def __init__(self, settings: Settings, trust: ProxyTrust) -> None:
         self.settings = settings
         self.trust = trust
-        self._session: aiohttp.ClientSession | None = None
-        self._bases = {p: settings.upstream_for(p).rstrip("/") for p in settings.protocols}
+        self.pool = UpstreamPool(
+            max_connections=settings.upstream_max_connections,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        self.origins = {p: Origin.from_url(settings.upstream_for(p)) for p in settings.protocols}
         self.latency = Histogram()  # until the upstream's response headers
         self.errors: Counter[str] = Counter()
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.upstream_max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self.settings.upstream_connect_timeout,
-                sock_read=self.settings.upstream_read_timeout,
-            ),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        """Nothing to open ahead: connections are made on first use and kept."""
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.pool.close()
 
-    def request_headers(self, scope: Scope, principal: Principal | None) -> CIMultiDict[str]:
-        """What the upstream receives, built from what the client sent."""
+    def request_head(
+        self, scope: Scope, head: RequestHead, principal: Principal | None, origin: Origin, raw_path: bytes
+    ) -> bytes:
+        """The request line and headers the upstream receives, built from what the client sent."""
         received: list[tuple[bytes, bytes]] = scope["headers"]
-        named = _connection_named(received)
-        headers: CIMultiDict[str] = CIMultiDict()
-        kept: dict[bytes, bytes] = {}
+        kept_headers: list[tuple[bytes, bytes]] = []
+        forwarded: dict[bytes, bytes] = {}
         host: bytes | None = None
+        named: set[bytes] | None = None
         for name, value in received:
             if name == b"host":
                 host = value
-            if name in _KEPT_FORWARDED:
-                kept[name] = kept[name] + b", " + value if name in kept else value
-            if name in named or dropped_header(name):
-                continue
-            headers.add(name.decode("latin-1"), value.decode("latin-1"))
+            elif name in _KEPT_FORWARDED:
+                forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
+            elif name == b"connection":
+                named = _connection_named(received)
+            if not dropped_header(name):
+                kept_headers.append((name, value))
+        if named:
+            kept_headers = [(name, value) for name, value in kept_headers if name not in named]
+        query = head.query
+        lines = [
+            head.method.encode("ascii"),
+            b" ",
+            origin.prefix,
+            raw_path,
+            b"?" + query if query else b"",
+            b" HTTP/1.1\r\nhost: ",
+            origin.host_header,
+            b"\r\n",
+        ]
+        for name, value in kept_headers:
+            lines += (name, b": ", value, b"\r\n")
         client = scope.get("client")
         for name, value in forwarded_headers(
-            self.trust, client[0] if client else None, scope.get("scheme", "http"), host, kept
+            self.trust, client[0] if client else None, scope.get("scheme", "http"), host, forwarded
         ):
-            headers[name.decode("latin-1")] = value.decode("latin-1")
+            lines += (name, b": ", value, b"\r\n")
         if principal is not None:
-            headers["X-Fluxauth-Org"] = principal.org
-            headers["X-Fluxauth-Principal"] = principal.label
+            org, label = principal.org.encode("ascii"), principal.label.encode("ascii")  # slugs (names.py)
+            lines += (b"x-fluxauth-org: ", org, b"\r\nx-fluxauth-principal: ", label)
         else:
-            headers["X-Fluxauth-Principal"] = "anonymous"
-        return headers
-
-    def url(self, protocol: str, raw_path: bytes, query: bytes) -> URL:
-        """The upstream URL: its base, then the path and query exactly as received (both ASCII)."""
-        target = self._bases[protocol] + raw_path.decode("ascii")
-        if query:
-            target += "?" + query.decode("ascii")
-        return URL(target, encoded=True)
+            lines.append(b"x-fluxauth-principal: anonymous")
+        if origin.authorization is not None:  # fluxauth's own credentials to the upstream, from its URL
+            lines += (b"\r\nauthorization: ", origin.authorization)
+        length = head.body_length
+        if length is not None:
+            if length or head.method not in _BODILESS:
+                lines += (b"\r\ncontent-length: ", str(length).encode("ascii"))
+        elif head.transfer_encoding:
+            lines.append(b"\r\ntransfer-encoding: chunked")
+        lines.append(b"\r\n\r\n")
+        return b"".join(lines)
 
     async def forward(
         self,
@@ -201,78 +214,69 @@ class Forwarder:
         ``head`` is the request as the gate checked it (its framing); built from
         ``scope`` when not given.
         """
-        assert self._session is not None, "Forwarder.start() was not awaited"
         if head is None:
             head = RequestHead.from_scope(scope)
-        headers = self.request_headers(scope, principal)
-        length = head.body_length
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        body = _BodyReader(
-            receive, limit=self.settings.max_request_body, idle_timeout=self.settings.client_body_timeout
-        )
-        started = False
+        origin = self.origins[protocol]
+        body = None
+        if head.has_body:
+            body = _BodyReader(
+                receive, limit=self.settings.max_request_body, idle_timeout=self.settings.client_body_timeout
+            )
         sent_at = time.perf_counter()
         try:
-            async with self._session.request(
-                scope["method"],
-                self.url(protocol, raw_path, scope.get("query_string", b"")),
-                headers=headers,
-                data=body.chunks() if head.has_body else None,
-                allow_redirects=False,
-                compress=None,
-            ) as upstream:
-                self.latency.observe(time.perf_counter() - sent_at)
-                response_headers = (
-                    _response_headers(upstream.raw_headers, private=principal is not None) + extra_headers
-                )
-                await self._send(
-                    send, {"type": "http.response.start", "status": upstream.status, "headers": response_headers}
-                )
-                started = True
-                if scope["method"] != "HEAD":
-                    async for chunk in upstream.content.iter_chunked(_CHUNK):
-                        await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
-                await self._send(send, {"type": "http.response.body", "body": b""})
-        except TimeoutError:
-            if body.failure is not None:  # the client's body, not the upstream, timed out
-                await self._client_failed(send, body.failure, started, extra_headers)
-                return
-            self.errors["timeout"] += 1
-            if started:
-                log.warning("upstream timed out mid-response for %s", protocol)
-                return  # the server closes the connection: the client sees a truncated body
-            await send_json(
-                send, 504, {"error": "upstream_timeout", "detail": "the upstream did not answer in time"}, extra_headers
+            upstream = await self.pool.send(
+                origin,
+                self.request_head(scope, head, principal, origin, raw_path),
+                None if body is None else body.chunks(),
+                chunked=head.body_length is None,
+                head_only=head.method == "HEAD",
             )
-        except aiohttp.ClientError as exc:
-            if body.failure is not None:
-                await self._client_failed(send, body.failure, started, extra_headers)
+        except UpstreamError as exc:
+            if body is not None and body.failure is not None:  # the client's body broke off, not the upstream
+                await self._client_failed(send, body.failure, extra_headers)
                 return
-            self.errors["connection" if isinstance(exc, aiohttp.ClientConnectorError) else "protocol"] += 1
-            if started:
-                log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
-                return
-            await send_json(
-                send, 502, {"error": "bad_gateway", "detail": "the upstream cannot be reached"}, extra_headers
-            )
+            self.errors[exc.kind] += 1
+            await send_json(send, *upstream_refusal(exc), extra_headers)
+            return
+        self.latency.observe(time.perf_counter() - sent_at)
+        try:
+            headers = upstream_response_headers(upstream.headers, private=principal is not None) + extra_headers
+            await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
+        except UpstreamError as exc:
+            # The head went out already: the server closes the connection and
+            # the client sees a truncated body.
+            self.errors[exc.kind] += 1
+            log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
         except _SendStalled:
             self.errors["client_stalled"] += 1
             log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)
-        except (_ClientGone, _ClientTooSlow, _BodyTooLarge) as exc:
-            await self._client_failed(send, exc, started, extra_headers)
+        finally:
+            self.pool.release(upstream)
 
-    async def _send(self, send: Send, message: Message) -> None:
-        """``send``, but a client that does not take the data within ``send_timeout`` is dropped (slow read)."""
+    async def _relay(self, send: Send, upstream: Connection, headers: Headers, *, head_only: bool) -> None:
+        """The response to the client, piece by piece as it arrives; a client that stops reading is dropped."""
+        watch = _SendWatch(self.settings.send_timeout)
         try:
-            async with asyncio.timeout(self.settings.send_timeout):
-                await send(message)
-        except TimeoutError:
-            raise _SendStalled from None
+            await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
+            if head_only:
+                await watch.send(send, {"type": "http.response.body", "body": b""})
+                return
+            while True:
+                chunk = await upstream.read()
+                if not chunk:
+                    await watch.send(send, {"type": "http.response.body", "body": b""})
+                    return
+                # A body that is whole already goes out in one piece (a tile, usually).
+                more = not upstream.complete
+                await watch.send(send, {"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+        finally:
+            watch.close()
 
-    async def _client_failed(self, send: Send, failure: Exception, started: bool, extra_headers: Headers) -> None:
+    async def _client_failed(self, send: Send, failure: Exception, extra_headers: Headers) -> None:
         """The client, not the upstream, broke off the request: answer it if it can still hear."""
-        if isinstance(failure, _ClientGone) or started:
+        if isinstance(failure, _ClientGone):
             return
         if isinstance(failure, _BodyTooLarge):
             self.errors["body_too_large"] += 1
@@ -285,15 +289,55 @@ class Forwarder:
         await send_json(send, status, {"error": error, "detail": detail}, [*extra_headers, (b"connection", b"close")])
 
 
-class _SendStalled(Exception):
-    """The client did not accept a piece of the response within ``send_timeout``."""
+class _SendWatch:
+    """``send``, but a client that leaves one piece of the response unread for ``timeout`` is dropped (slow read).
+
+    One timer per response, not one per piece: it looks at the piece being
+    sent when it fires and is set again for that piece's own deadline.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timeout = timeout
+        self._since: float | None = None  # when the piece being sent began; None between pieces
+        self._fired = False
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    async def send(self, send: Send, message: Message) -> None:
+        self._since = self._loop.time()
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            assert self._task is not None
+            self._task.uncancel()
+            raise _SendStalled from None
+        finally:
+            self._since = None
+
+    def _check(self) -> None:
+        since = self._since
+        now = self._loop.time()
+        if since is not None and now - since >= self._timeout and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_later(
+            self._timeout if since is None else since + self._timeout - now, self._check
+        )
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
 class _BodyReader:
-    """The client's body as an async iterator for aiohttp, with a size limit and an idle timeout.
+    """The client's body as an async iterator for the upstream, with a size limit and an idle timeout.
 
-    aiohttp wraps whatever this raises into a ``ClientConnectionError``, so the
-    reason is also kept in ``failure`` for ``Forwarder.forward`` to answer with.
+    What ends it early is also kept in ``failure``: the upstream's side sees
+    only a connection broken off, and ``Forwarder.forward`` answers the client
+    with the reason.
     """
 
     def __init__(self, receive: Receive, *, limit: int, idle_timeout: float) -> None:
@@ -325,18 +369,16 @@ class _BodyReader:
                 return
 
 
-def _response_headers(raw: tuple[tuple[bytes, bytes], ...], *, private: bool) -> Headers:
-    """The upstream's response headers without hop-by-hop ones.
+def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
+    """The upstream's response headers (names in lower case) without hop-by-hop ones.
 
     ``private``: the request was authenticated, so the answer is for that key
     alone. An upstream's ``public`` or ``s-maxage`` would let a shared cache in
     front of fluxauth serve it to anyone (RFC 9111 §3.5); they are replaced by
     ``private``.
     """
-    named = _connection_named(list(raw))
-    headers = [
-        (name.lower(), value) for name, value in raw if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    ]
+    named = _connection_named(raw)
+    headers = [(name, value) for name, value in raw if name not in HOP_BY_HOP and name not in named]
     if not private:
         return headers
     directives: list[bytes] = []

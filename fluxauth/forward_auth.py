@@ -58,7 +58,8 @@ def original_request(scope: Scope) -> tuple[RequestHead, bool]:
     given both the nginx way and the Caddy/Traefik way.
     """
     found: dict[bytes, list[bytes]] = {name: [] for name in _NGINX + _FORWARDED}
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name in found:
             found[name].append(value)
     nginx = bool(found[b"x-original-uri"])
@@ -80,8 +81,27 @@ def original_request(scope: Scope) -> tuple[RequestHead, bool]:
         query,
         peer=client[0] if client else None,
     )
-    head.add_headers(scope["headers"])
+    head.add_headers(headers)
     return head, nginx
+
+
+def allowed_now(gate: Gate, scope: Scope) -> Headers | None:
+    """The headers of a 200 when memory alone allows the request asked about (``Gate.decide_now``), else ``None``.
+
+    The hot path of forward-auth (``splice.py``); every other answer, and the
+    reasons for it, come from ``answer``.
+    """
+    client = scope.get("client")
+    if client is None or not gate.proxies.is_trusted(client[0]):
+        return None
+    try:
+        head, _ = original_request(scope)
+    except UnclearRequest:
+        return None
+    decision = gate.decide_now(head)
+    if decision is None or decision.outcome is not Outcome.FORWARD:
+        return None
+    return identity_headers(decision) + gate.cors.response_headers(head.origin)
 
 
 def identity_headers(decision: Decision) -> Headers:

@@ -23,10 +23,10 @@ from typing import TypeVar
 
 from cachetools import TTLCache
 
-from fluxauth.cache import CredentialCache, cache_key
+from fluxauth.cache import CacheKeys, CredentialCache
 from fluxauth.clock import Clock, system_clock
 from fluxauth.cors import Cors
-from fluxauth.credentials import BasicCredentials, MalformedCredentials, parse_basic
+from fluxauth.credentials import BasicCredentials, MalformedCredentials, credentials_from, split_basic
 from fluxauth.errors import StoreUnavailable
 from fluxauth.histogram import Histogram
 from fluxauth.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_path, refuse_request
@@ -37,7 +37,7 @@ from fluxauth.settings import Settings
 from fluxauth.shared import SharedCache
 from fluxauth.store import Change, Credential, OrgPolicy, Store, open_store
 from fluxauth.store.aio import AsyncStore
-from fluxauth.target import PathError, check_query, parse_target
+from fluxauth.target import PathError, Target, check_query, parse_target
 from fluxauth.tokens import TokenHasher
 
 log = logging.getLogger("fluxauth")
@@ -114,6 +114,7 @@ class Gate:
         self._known_good: TTLCache[bytes, bool] = TTLCache(settings.cache_maxsize, KNOWN_GOOD_SECONDS, timer=clock)
         self._last_used: dict[tuple[str, str], float] = {}
         self._secret = b""
+        self._cache_key = CacheKeys(b"")  # keyed with the cache secret at start
         self._hasher: TokenHasher | None = None
         self._verify_pool: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,6 +140,7 @@ class Gate:
         self._secret = (
             configured.reveal().encode() if configured else await self.store.call(self.store.store.cache_secret)
         )
+        self._cache_key = CacheKeys(self._secret)
         self.change_seq = self.start_seq = await self.store.call(self.store.store.last_change)
         self._tasks = [
             asyncio.create_task(self._follow_changes(), name="fluxauth-changes"),
@@ -182,6 +184,49 @@ class Gate:
 
     async def check(self, head: RequestHead) -> Decision:
         """The decision for one request (framing, path, policy, CORS, credentials)."""
+        target = self._target(head)
+        if isinstance(target, Decision):
+            return target
+        try:
+            policy = await self.org_policy(target.org)
+        except StoreUnavailable:
+            return refuse(Failure.STORE_UNAVAILABLE)
+        decision = self._decide(head, target, policy, None)
+        if decision.outcome is not Outcome.AUTHENTICATE:
+            return decision
+        auth, retry_after = await self.authenticate(head)
+        decision = self._decide(head, target, policy, auth)
+        if retry_after is not None:
+            decision = dataclasses.replace(decision, retry_after=retry_after)
+        return decision
+
+    def decide_now(self, head: RequestHead) -> Decision | None:
+        """``check`` from memory alone, or ``None`` where it would need the store, Redis or argon2.
+
+        The hot path's decision (``splice.py``): the org's policy and the
+        credential must both be cached. Any other answer, refusals of
+        credentials included, is left to ``check``.
+        """
+        target = self._target(head)
+        if isinstance(target, Decision):
+            return target
+        try:
+            policy = self._policies[target.org]  # not .get(): one clock reading, not two
+        except KeyError:
+            return None
+        known = None if policy is _UNKNOWN_ORG else policy
+        decision = self._decide(head, target, known, None)
+        if decision.outcome is not Outcome.AUTHENTICATE:
+            return decision
+        try:
+            raw = split_basic(head.authorization)
+        except MalformedCredentials:
+            return None
+        principal = None if raw is None else self._cached(self._cache_key(*raw))
+        return None if principal is None else self._decide(head, target, known, principal)
+
+    def _target(self, head: RequestHead) -> Target | Decision:
+        """The request's target once its framing, path and query pass; the refusal if they do not."""
         try:
             check_framing(head, max_url_length=self.settings.max_url_length)
         except BadRequest as exc:
@@ -191,23 +236,13 @@ class Gate:
             check_query(head.query)
         except PathError as exc:
             return refuse_path(exc)
-        try:
-            policy = await self.org_policy(target.org)
-        except StoreUnavailable:
-            return refuse(Failure.STORE_UNAVAILABLE)
+        return target
+
+    def _decide(self, head: RequestHead, target: Target, policy: OrgPolicy | None, auth: Auth | None) -> Decision:
         preflight = self.cors.preflight(head.method, head.origin, head.request_method)
-        decision = decide(
-            target=target, policy=policy, method=head.method, preflight=preflight, auth=None, now=self.clock()
-        )
-        if decision.outcome is not Outcome.AUTHENTICATE:
-            return decision
-        auth, retry_after = await self.authenticate(head)
-        decision = decide(
+        return decide(
             target=target, policy=policy, method=head.method, preflight=preflight, auth=auth, now=self.clock()
         )
-        if retry_after is not None:
-            decision = dataclasses.replace(decision, retry_after=retry_after)
-        return decision
 
     async def org_policy(self, org: str) -> OrgPolicy | None:
         policy = self._policies.get(org)
@@ -233,20 +268,21 @@ class Gate:
         count as failures), then the bound on verifications waiting for the pool.
         Credentials that verified here within a day pass both.
         """
-        client = client_subject(self.proxies.client(head.peer, head.forwarded_for))
         try:
-            credentials = parse_basic(head.authorization)
+            raw = split_basic(head.authorization)
+            if raw is None:
+                return Failure.MISSING, None
+            # Only bytes that verified are ever cached, so a hit needs no
+            # further parsing: the hot path ends here.
+            key = self._cache_key(*raw)
+            principal = self._cached(key)
+            if principal is not None:
+                return principal, None
+            credentials = credentials_from(*raw)
         except MalformedCredentials as exc:
-            self.limiter.record(client)
+            self.limiter.record(self._client(head))
             return (Failure.AMBIGUOUS if exc.status == 400 else Failure.MALFORMED), None
-        if credentials is None:
-            return Failure.MISSING, None
-        key = cache_key(self._secret, credentials.username_raw, credentials.password_raw)
-        principal = self.cache.get(key)
-        if principal is not None:
-            self.stats.l1_hits += 1
-            self._last_used[(principal.org, principal.name)] = self.clock()
-            return principal, None
+        client = self._client(head)
         generation = self.cache.generation
         if self.shared is not None:
             principal = await self._shared_principal(key)
@@ -278,6 +314,18 @@ class Gate:
         if isinstance(auth, Principal):
             self._last_used[(auth.org, auth.name)] = self.clock()
         return auth, retry_after
+
+    def _cached(self, key: bytes) -> Principal | None:
+        """The principal cached in level 1 under ``key`` (and its use noted), if any."""
+        principal = self.cache.get(key)
+        if principal is not None:
+            self.stats.l1_hits += 1
+            self._last_used[(principal.org, principal.name)] = self.clock()
+        return principal
+
+    def _client(self, head: RequestHead) -> str:
+        """The rate-limit subject of the request's client (the peer, or the first untrusted hop)."""
+        return client_subject(self.proxies.client(head.peer, head.forwarded_for))
 
     def _token_subject(self, token_id: str) -> str:
         """The rate-limit subject of a token id: keyed, so that Redis never holds token ids."""

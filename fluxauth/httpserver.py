@@ -29,11 +29,13 @@ import json
 from asyncio import TimerHandle
 from typing import Any
 
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from fluxauth.settings import Settings
+from fluxauth.splice import Splice, hot_path_of
 
 
 class _HeadTooLarge(Exception):
@@ -81,6 +83,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: TimerHandle | None = None
         self._too_large = False  # the head just parsed is over the limit
         self._refused = False  # answered (or about to be) and closing: read nothing more
+        # Requests that memory alone decides skip the ASGI app (splice.py);
+        # not while an access log is written, which only the ASGI path writes.
+        self._hot = None if self.access_log else hot_path_of(self.app)
+        self.splice: Splice | None = None  # the response being relayed on the hot path
 
     # -- connection ----------------------------------------------------------
 
@@ -90,7 +96,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self.splice is not None:
+            self.splice.client_lost()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.splice is not None:
+            self.splice.client_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.splice is not None:
+            self.splice.client_resumed()
+
+    # -- the hot path ----------------------------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn calls this for each request it runs, at once or after the
+        # requests pipelined before it; the hot path may answer it instead.
+        if self._hot is not None and app is self.app and self._hot.serve(self, cycle):
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def run_asgi(self, cycle: RequestResponseCycle) -> None:
+        """Run the ASGI app for a request that the hot path gave back."""
+        super()._start_asgi_task(cycle, self.app)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

@@ -17,25 +17,26 @@ Headers = list[tuple[bytes, bytes]]
 CHALLENGE = (b"www-authenticate", b'Basic realm="fluxauth", charset="UTF-8"')
 
 
+def own_headers(body: bytes, content_type: bytes) -> Headers:
+    """The headers of every answer fluxauth gives itself: type, length, never to be stored."""
+    return [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+    ]
+
+
+def json_body(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
 async def send_response(send: Send, status: int, body: bytes, headers: Headers, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode("ascii")),
-                (b"cache-control", b"no-store"),
-                *headers,
-            ],
-        }
-    )
+    await send({"type": "http.response.start", "status": status, "headers": own_headers(body, content_type) + headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def send_json(send: Send, status: int, payload: object, headers: Headers = ()) -> None:  # type: ignore[assignment]
-    body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-    await send_response(send, status, body, list(headers), b"application/json")
+    await send_response(send, status, json_body(payload), list(headers), b"application/json")
 
 
 def refusal_headers(decision: Decision) -> Headers:

@@ -39,7 +39,7 @@ from starlette.routing import Route
 from fluxauth.app import FluxAuthApp
 from fluxauth.clock import FakeClock
 from fluxauth.httpserver import LimitedHttpToolsProtocol
-from fluxauth.policy import Decision
+from fluxauth.policy import Decision, Outcome
 from fluxauth.settings import Settings
 from fluxauth.store.sqlite import SQLiteStore
 from tests.servers import ServerThread, free_port, wait_for_port
@@ -124,7 +124,18 @@ def serve(
         decisions.append(decision)
         return decision
 
+    decide_now = app.gate.decide_now
+
+    def recording_decide_now(head: Any) -> Decision | None:
+        # The hot path's decision is final when it forwards; any other answer
+        # goes on to check (recorded above).
+        decision = decide_now(head)
+        if decision is not None and decision.outcome is Outcome.FORWARD:
+            decisions.append(decision)
+        return decision
+
     app.gate.check = recording_check  # type: ignore[method-assign]
+    app.gate.decide_now = recording_decide_now  # type: ignore[method-assign]
     server = ServerThread(app, http=http, **config).start()
     return Served(server, app, clock, decisions)
 

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 import uvicorn
 import uvloop
 
+from fluxauth.app import FluxAuthApp
+from fluxauth.httpserver import LimitedHttpToolsProtocol
+
 T = TypeVar("T")
 
 
@@ -49,6 +52,9 @@ class ServerThread:
             "proxy_headers": False,
             "access_log": False,
         }
+        if isinstance(app, FluxAuthApp):
+            # What ``fluxauth serve`` runs: its limits, and the hot path (splice.py).
+            options["http"] = LimitedHttpToolsProtocol
         options.update(config)
         self.server = uvicorn.Server(uvicorn.Config(app, **options))
         self.loop: asyncio.AbstractEventLoop | None = None
