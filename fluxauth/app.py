@@ -38,6 +38,9 @@ class FluxAuthApp:
         self.gate = Gate(settings, store, clock=clock)
         self.forwarder = Forwarder(settings, self.gate.proxies)
         self.outcomes: Counter[int] = Counter()
+        # Requests answered without the ASGI app (splice.py): "forward", "auth"; and "handed_back",
+        # those it gave to the app after all when a reused upstream connection was found closed.
+        self.hot_path: Counter[str] = Counter()
         self.metrics = metrics_registry(self)
 
     async def startup(self) -> None:

@@ -84,8 +84,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._too_large = False  # the head just parsed is over the limit
         self._refused = False  # answered (or about to be) and closing: read nothing more
         # Requests that memory alone decides skip the ASGI app (splice.py);
-        # not while an access log is written, which only the ASGI path writes.
-        self._hot = None if self.access_log else hot_path_of(self.app)
+        # not when an access log is asked for (uvicorn writes it from the ASGI
+        # path). The setting, not uvicorn's own test of it (does the logger have
+        # handlers?), which log capture in tests, for one, makes true.
+        self._hot = None if config.access_log else hot_path_of(self.app)
         self.splice: Splice | None = None  # the response being relayed on the hot path
 
     # -- connection ----------------------------------------------------------

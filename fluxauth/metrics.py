@@ -46,10 +46,34 @@ class _AppCollector(Collector):
         yield CounterMetricFamily(
             "fluxauth_redis_errors", "Redis calls that failed", value=shared.errors if shared else 0
         )
+        forwarder = self.app.forwarder
         upstream_errors = CounterMetricFamily("fluxauth_upstream_errors", "Upstream failures by kind", labels=["kind"])
         for kind in ("connection", "timeout", "protocol"):
-            upstream_errors.add_metric([kind], self.app.forwarder.errors[kind])
+            upstream_errors.add_metric([kind], forwarder.errors[kind])
         yield upstream_errors
+        client_errors = CounterMetricFamily(
+            "fluxauth_client_errors", "Requests the client broke off while forwarded, by kind", labels=["kind"]
+        )
+        for kind in ("client_stalled", "client_timeout", "body_too_large"):
+            client_errors.add_metric([kind], forwarder.errors[kind])
+        yield client_errors
+        hot = CounterMetricFamily(
+            "fluxauth_hot_path", "Requests answered without the ASGI app (splice.py), by kind", labels=["kind"]
+        )
+        for kind in ("forward", "auth", "handed_back"):
+            hot.add_metric([kind], self.app.hot_path[kind])
+        yield hot
+        connections = GaugeMetricFamily(
+            "fluxauth_upstream_connections", "Upstream connections open, by state", labels=["state"]
+        )
+        connections.add_metric(["open"], forwarder.pool.open_connections)
+        connections.add_metric(["idle"], forwarder.pool.idle_connections)
+        yield connections
+        yield CounterMetricFamily(
+            "fluxauth_overloaded",
+            "New credentials refused because max_pending_verifications were waiting",
+            value=stats.overloaded,
+        )
         yield _histogram("fluxauth_verification_seconds", "argon2 verification time", stats.verify_seconds)
         yield _histogram(
             "fluxauth_upstream_seconds", "Time to the upstream's response headers", self.app.forwarder.latency

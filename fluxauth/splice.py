@@ -81,6 +81,7 @@ class HotPath:
             if headers is None:
                 return False
             self.app.outcomes[200] += 1
+            self.app.hot_path["auth"] += 1
             respond(protocol, cycle, 200, own_headers(b"", b"text/plain") + headers, b"")
             return True
         decision = self.gate.decide_now(head)
@@ -94,6 +95,7 @@ class HotPath:
             scope[DECISION] = decision
             return False
         self.app.outcomes[200] += 1
+        self.app.hot_path["forward"] += 1
         splice = Splice(
             self,
             protocol,
@@ -251,6 +253,8 @@ class Splice:
             # A reused connection that the upstream had closed: nothing was
             # answered, so the ASGI path sends the request again (on a new one).
             hot.app.outcomes[200] -= 1  # counted again there
+            hot.app.hot_path["forward"] -= 1
+            hot.app.hot_path["handed_back"] += 1
             self._protocol.run_asgi(self._cycle)
             return
         hot.forwarder.errors[failure.kind] += 1

@@ -117,6 +117,7 @@ class Connection(asyncio.Protocol):
         self._head_only = False  # a HEAD request: no body follows the head
         self._until_close = False  # neither length nor chunked: the body ends with the connection
         self._keep_alive = False
+        self._surplus = False  # an answer past the one asked for is being parsed: ignored
         self._failure: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -144,6 +145,9 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBroken(f"the upstream's response cannot be parsed: {exc}"))
+            return
+        if self._surplus:
+            self.abort()
             return
         if self._head_only and self._head_done and not self._complete:
             # llhttp would wait for the body that Content-Length announces; a
@@ -174,10 +178,20 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # A second answer in the same read as the first: nobody asked
+            # for it, and the connection cannot be trusted with another request.
+            self._surplus = True
+            self._keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if not self._surplus:
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self._surplus:
+            return
         status = self._parser.get_status_code()
         if status < 200:
             # An interim answer (103 Early Hints...): the final one follows.
@@ -195,6 +209,8 @@ class Connection(asyncio.Protocol):
             self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._surplus:
+            return
         if self.sink is not None:
             self.sink.upstream_body(body)
             return
@@ -205,7 +221,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self._head_done:  # not the end of an interim answer
+        if self._head_done and not self._surplus:  # not the end of an interim (or unasked) answer
             self._finish()
 
     # -- one request -------------------------------------------------------
@@ -216,7 +232,7 @@ class Connection(asyncio.Protocol):
         self._chunks = []
         self._buffered = 0
         self._busy = True
-        self._started = self._head_done = self._complete = self._until_close = False
+        self._started = self._head_done = self._complete = self._until_close = self._surplus = False
         self._head_only = head_only
         self._failure = None
         self._writer = None

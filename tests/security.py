@@ -90,6 +90,17 @@ def get_raw(port: int, target: bytes, headers: Iterable[tuple[bytes, bytes]] = (
     return send_raw(port, request_bytes(target, headers))
 
 
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection."""
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
 # -- fluxauth as `fluxauth serve` runs it ----------------------------------------
 
 

@@ -25,7 +25,7 @@ import pytest
 from fluxauth.admin import Admin
 from fluxauth.clock import FakeClock
 from fluxauth.settings import Settings
-from tests.security import Served, StarletteReader, basic_value, request_bytes, running, send_raw, serve
+from tests.security import Served, StarletteReader, basic_value, read_all, request_bytes, running, send_raw, serve
 from tests.servers import free_port
 
 ECHO = b"/v1/services/tiles/acme/era5/main/_echo"
@@ -68,16 +68,6 @@ def start(settings: Settings, store_path: str, clock: FakeClock, keys: Keys) -> 
 def starlette() -> Iterator[StarletteReader]:
     with StarletteReader() as reader:
         yield reader
-
-
-def read_all(sock: socket.socket) -> bytes:
-    reply = b""
-    try:
-        while chunk := sock.recv(65536):
-            reply += chunk
-    except ConnectionResetError:
-        pass
-    return reply
 
 
 # -- the request head -------------------------------------------------------------
