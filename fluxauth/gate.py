@@ -16,6 +16,7 @@ import dataclasses
 import hmac
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ from fluxauth.shared import SharedCache
 from fluxauth.store import Change, Credential, OrgPolicy, Store, open_store
 from fluxauth.store.aio import AsyncStore
 from fluxauth.target import PathError, Target, check_query, parse_target
-from fluxauth.tokens import TokenHasher
+from fluxauth.tokens import TokenHasher, lanes
 
 log = logging.getLogger("fluxauth")
 
@@ -54,6 +55,26 @@ LAST_USED_FLUSH_SECONDS = 60.0
 # each such verification is cached, so the exemption costs at most one
 # verification per credential and cache_ttl.
 KNOWN_GOOD_SECONDS = 86400.0
+
+
+# argon2 is slow on purpose and runs on every core it is given (the default
+# profile has 4 lanes, each a thread of the verifying one): at the same
+# priority as the event loop, a burst of wrong secrets takes the cores from
+# the cached traffic. Verification threads (and the lane threads they start,
+# which inherit it) run at this nice value instead: they get what the event
+# loop leaves, which is most of the machine except under full load.
+VERIFY_NICE = 10
+
+
+def verify_threads(settings: Settings) -> int:
+    """How many verifications run at once: the setting, or the cores divided by the profile's lanes."""
+    return settings.verify_threads or max(1, (os.cpu_count() or 1) // lanes(settings.argon2_profile))
+
+
+def _yield_to_the_event_loop() -> None:
+    """Lower the calling verification thread's scheduling priority (per thread on Linux)."""
+    with contextlib.suppress(OSError, AttributeError):  # no setpriority, or not allowed: run as is
+        os.setpriority(os.PRIO_PROCESS, 0, VERIFY_NICE)
 
 
 def _single_flight(table: dict[K, asyncio.Future[V]], key: K, make: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
@@ -133,7 +154,9 @@ class Gate:
             return
         self.started = True
         self.store = AsyncStore(self._store or open_store(self.settings.store))
-        self._verify_pool = ThreadPoolExecutor(self.settings.verify_threads, thread_name_prefix="fluxauth-verify")
+        self._verify_pool = ThreadPoolExecutor(
+            verify_threads(self.settings), thread_name_prefix="fluxauth-verify", initializer=_yield_to_the_event_loop
+        )
         loop = asyncio.get_running_loop()
         self._hasher = await loop.run_in_executor(self._verify_pool, TokenHasher, self.settings.argon2_profile)
         configured = self.settings.cache_secret
@@ -198,6 +221,11 @@ class Gate:
         decision = self._decide(head, target, policy, auth)
         if retry_after is not None:
             decision = dataclasses.replace(decision, retry_after=retry_after)
+        if auth is Failure.RATE_LIMITED and self.settings.rate_limit_delay:
+            # A flood answered at once is answered as fast as it is sent, and
+            # costs the cached traffic its share of the event loop; held, it
+            # costs a timer (loadtests/bench.py, "attack").
+            await asyncio.sleep(self.settings.rate_limit_delay)
         return decision
 
     def decide_now(self, head: RequestHead) -> Decision | None:

@@ -64,7 +64,9 @@ class Settings:
     cors_max_age: int = 600
     trusted_proxies: tuple[Network, ...] = ()
     argon2_profile: Argon2Profile = "rfc9106-low-memory"
-    verify_threads: int = 4
+    # argon2 verifications at once, off the event loop; 0: as many as the cores
+    # hold of the profile's lanes (each verification runs one thread per lane).
+    verify_threads: int = 0
     cache_ttl: int = 300
     cache_maxsize: int = 100_000
     cache_secret: Secret | None = None
@@ -74,6 +76,9 @@ class Settings:
     key_max_lifetime: int = 732 * 86400  # two years, leap days included
     rate_limit_failures: int = 20
     rate_limit_window: int = 60
+    # A 429 is held this long before it is sent: a client that ignores
+    # Retry-After is slowed to one attempt a second per connection (0: off).
+    rate_limit_delay: float = 1.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
     upstream_max_connections: int = 256
@@ -208,7 +213,7 @@ def _int(key: str, raw: object, minimum: int = 0) -> int:
     return raw
 
 
-def _positive_float(key: str, raw: object) -> float:
+def _float(key: str, raw: object, *, zero: bool = False) -> float:
     if isinstance(raw, bool):
         raise ConfigError(f"{key}: expected a number, got {raw!r}")
     try:
@@ -216,9 +221,13 @@ def _positive_float(key: str, raw: object) -> float:
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
     # "inf" parses as a float; an infinite poll interval or timeout would never fire.
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{key}: expected a positive number, got {raw!r}")
+    if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+        raise ConfigError(f"{key}: expected a {'number >= 0' if zero else 'positive number'}, got {raw!r}")
     return value
+
+
+def _positive_float(key: str, raw: object) -> float:
+    return _float(key, raw)
 
 
 def _seconds(key: str, raw: object) -> int:
@@ -267,7 +276,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "cors_max_age": lambda k, v: _int(k, v, 0),
     "trusted_proxies": _networks,
     "argon2_profile": _choice(get_args(Argon2Profile)),
-    "verify_threads": lambda k, v: _int(k, v, 1),
+    "verify_threads": lambda k, v: _int(k, v, 0),
     "cache_ttl": _seconds,
     "cache_maxsize": lambda k, v: _int(k, v, 1),
     "cache_secret": _secret,
@@ -276,6 +285,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "key_max_lifetime": _seconds,
     "rate_limit_failures": lambda k, v: _int(k, v, 1),
     "rate_limit_window": _seconds,
+    "rate_limit_delay": lambda k, v: _float(k, v, zero=True),
     "upstream_connect_timeout": _positive_float,
     "upstream_read_timeout": _positive_float,
     "upstream_max_connections": lambda k, v: _int(k, v, 1),

@@ -28,6 +28,11 @@ _PROFILES: dict[Argon2Profile, argon2.Parameters] = {
 }
 
 
+def lanes(profile: Argon2Profile) -> int:
+    """The threads one verification runs with this profile (argon2's parallelism)."""
+    return _PROFILES[profile].parallelism
+
+
 @dataclass(frozen=True, slots=True)
 class TokenParts:
     """A token split into its id and secret. ``repr`` hides the secret."""

@@ -65,6 +65,7 @@ def settings(store_path: str, upstream: ServerThread) -> Settings:
         argon2_profile="cheapest",
         cors_allow_origins=("https://maps.example.org",),
         upstream_read_timeout=2.0,
+        rate_limit_delay=0.0,  # tests that are about it set it
     )
 
 

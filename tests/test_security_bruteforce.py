@@ -233,6 +233,37 @@ def test_bruteforce_retry_after_follows_the_configured_window(
     assert status(front, reader.token)[0] == 200
 
 
+def test_bruteforce_429_is_held_while_cached_traffic_is_not(start: Start, reader: IssuedToken) -> None:
+    """A flood that ignores Retry-After gets each 429 only after ``rate_limit_delay``; cached requests pass meanwhile.
+
+    Defence: the delay in ``Gate.check``. Without it an attacker's connection
+    gets its 429s as fast as it sends, and takes the cached traffic's share of
+    the event loop (``loadtests/bench.py``, "attack").
+    """
+    front = start(rate_limit_failures=2, rate_limit_delay=0.5)
+    assert status(front, reader.token)[0] == 200  # cached from now on
+    for _ in range(2):
+        assert status(front, guess())[0] == 401
+
+    async def scenario() -> tuple[float, list[float]]:
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            held = asyncio.ensure_future(flood(front.url, [basic("acme", guess()) for _ in range(4)], concurrency=4))
+            cached = []
+            while not held.done():
+                began = time.perf_counter()
+                async with session.get(front.url + TILE, headers=basic("acme", reader.token)) as response:
+                    assert response.status == 200
+                cached.append(time.perf_counter() - began)
+            assert [code for code, _ in await held] == [429] * 4
+            return time.perf_counter() - started, cached
+
+    elapsed, cached = asyncio.run(scenario())
+    assert elapsed >= 0.5
+    assert len(cached) >= 2  # served while the 429s were held
+    assert max(cached) < 0.5
+
+
 def test_bruteforce_token_ids_cannot_be_told_apart(start: Start, reader: IssuedToken) -> None:
     """An unknown token id and a known id with a wrong secret read the same: status, body, headers and metrics.
 

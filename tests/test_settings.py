@@ -190,7 +190,7 @@ def test_load_settings_origin_normalized_as_browsers_send_it(origin: str, normal
         ("rate_limit_failures", "²"),
         ("rate_limit_failures", "many"),
         ("rate_limit_failures", "1.5"),
-        ("verify_threads", "0"),
+        ("verify_threads", "-1"),
         ("cache_ttl", "0"),
         ("cache_ttl", "5 minutes"),
         ("cache_ttl", "-1"),
