@@ -248,7 +248,8 @@ def test_bruteforce_429_is_held_while_cached_traffic_is_not(start: Start, reader
     async def scenario() -> tuple[float, list[float]]:
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
-            held = asyncio.ensure_future(flood(front.url, [basic("acme", guess()) for _ in range(4)], concurrency=4))
+            guesses = [basic("acme", guess()) for _ in range(4)]
+            held = asyncio.create_task(flood(front.url, guesses, concurrency=4))
             cached = []
             while not held.done():
                 began = time.perf_counter()
