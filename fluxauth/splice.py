@@ -71,12 +71,9 @@ class HotPath:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return False
-        client = scope["client"]
-        head = RequestHead(method, scope["raw_path"], scope["query_string"], peer=client[0] if client else None)
-        head.add_headers(scope["headers"])
-        if head.has_body:
-            return False
-        if head.raw_path == AUTH_PATH:
+        raw_path = scope["raw_path"]
+        if raw_path == AUTH_PATH:
+            # As on the ASGI path, a body (which proxies do not send) is not read.
             headers = forward_auth.allowed_now(self.gate, scope)
             if headers is None:
                 return False
@@ -84,6 +81,11 @@ class HotPath:
             self.app.hot_path["auth"] += 1
             respond(protocol, cycle, 200, own_headers(b"", b"text/plain") + headers, b"")
             return True
+        client = scope["client"]
+        head = RequestHead(method, raw_path, scope["query_string"], peer=client[0] if client else None)
+        head.add_headers(scope["headers"])
+        if head.has_body:
+            return False
         decision = self.gate.decide_now(head)
         if decision is None or decision.outcome is not Outcome.FORWARD:
             return False

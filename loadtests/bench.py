@@ -118,6 +118,28 @@ AUTH_BASIC_SERVER = """\
     }}
 """
 
+# The same auth_request round trip as config/nginx-forward-auth.conf, but the
+# subrequest is answered by nginx itself: the ceiling of any forward-auth service.
+AUTH_REQUEST_CEILING = """\
+    upstream tiles {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            auth_request /_auth;
+            proxy_pass http://tiles;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location = /_auth {{
+            internal;
+            return 204;
+        }}
+    }}
+"""
+
 CADDYFILE = """\
 {{
     admin off
@@ -291,6 +313,15 @@ class Bench:
             **{**settings, **env},
         )
 
+    def start_minimal(self, client: str) -> Server:
+        """A minimal proxy with ``client`` as its upstream client (``--with-minimal``; loadtests/minimal_proxies.py)."""
+        port = free_port()
+        args = [PYTHON, str(ROOT / "loadtests" / "minimal_proxies.py"), client, "--port", str(port)]
+        args += ["--upstream", f"http://127.0.0.1:{self.upstream_port}"]
+        server = self.servers.start(f"minimal-{client}", args, port, self.tmp / f"minimal-{client}.log")
+        server.wait_ready()
+        return server
+
     def start_granian(self, name: str, workers: int) -> Server:
         """fluxauth's app under granian instead of uvicorn (``--with-granian``; not how fluxauth ships)."""
         granian = Path(PYTHON).with_name("granian")
@@ -304,10 +335,10 @@ class Bench:
         server.wait_ready("/_fluxauth/readyz")
         return server
 
-    def start_forward_auth(self, workers: int) -> Server:
-        fluxauth = self.start_fluxauth(
-            f"fluxauth-forward-auth-{workers}", workers, FLUXAUTH_TRUSTED_PROXIES="127.0.0.1"
-        )
+    def start_forward_auth(self, workers: int, *, cache: bool = False) -> Server:
+        """nginx with ``config/nginx-forward-auth.conf`` as shipped (``cache``: with its optional auth cache on)."""
+        name = f"forward-auth-{workers}" + ("-cached" if cache else "")
+        fluxauth = self.start_fluxauth(f"fluxauth-{name}", workers, FLUXAUTH_TRUSTED_PROXIES="127.0.0.1")
         port = free_port()
         text = FORWARD_AUTH_CONF.read_text()
         replacements = {
@@ -315,11 +346,20 @@ class Bench:
             "127.0.0.1:8001": f"127.0.0.1:{self.upstream_port}",
             "listen 8080;": f"listen 127.0.0.1:{port};",
         }
+        if cache:
+            replacements["#cache "] = ""
+            replacements["/run/nginx-fluxauth-cache"] = str(self.tmp / f"{name}-cache")
         for old, new in replacements.items():
             if old not in text:
                 raise RuntimeError(f"{old!r} is no longer in {FORWARD_AUTH_CONF}")
             text = text.replace(old, new)
-        return self.nginx(f"nginx-forward-auth-{workers}", text, port)
+        return self.nginx(f"nginx-{name}", text, port)
+
+    def start_auth_request_ceiling(self) -> Server:
+        """nginx ``auth_request`` whose subrequest nginx answers itself: what any forward-auth costs nginx alone."""
+        port = free_port()
+        body = AUTH_REQUEST_CEILING.format(port=port, upstream=self.upstream_port)
+        return self.nginx("nginx-auth-request-ceiling", body, port)
 
     # -- measuring --------------------------------------------------------
 
@@ -552,6 +592,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--with-granian", action="store_true", help="also fluxauth's app under granian (pip install granian)"
     )
     parser.add_argument(
+        "--with-minimal",
+        action="store_true",
+        help="also two minimal proxies without auth: aiohttp's client, fluxauth's pool (minimal_proxies.py)",
+    )
+    parser.add_argument(
         "--only", help="comma-separated setup keys to run (Caddy and fluxauth_1 always run), e.g. granian_1,fluxauth_2"
     )
     parser.add_argument(
@@ -608,7 +653,18 @@ def run(args: argparse.Namespace, tmp: Path, servers: Servers, started: datetime
         (f"fluxauth_{n}", f"fluxauth serve, {n} workers", lambda: bench.start_fluxauth(f"fluxauth-{n}", n)),
         ("forward_auth_1", "nginx + fluxauth forward-auth (1 worker)", lambda: bench.start_forward_auth(1)),
         (f"forward_auth_{n}", f"nginx + fluxauth forward-auth ({n} workers)", lambda: bench.start_forward_auth(n)),
+        (
+            "forward_auth_cached",
+            "nginx + forward-auth, 5 s auth cache (1 worker)",
+            lambda: bench.start_forward_auth(1, cache=True),
+        ),
+        ("auth_request_ceiling", "nginx auth_request answered by nginx (ceiling)", bench.start_auth_request_ceiling),
     ]
+    if args.with_minimal:
+        starters += [
+            ("minimal_aiohttp", "minimal proxy, aiohttp client (no auth)", lambda: bench.start_minimal("aiohttp")),
+            ("minimal_pool", "minimal proxy, fluxauth's pool (no auth)", lambda: bench.start_minimal("pool")),
+        ]
     if args.with_granian:
         starters += [
             ("granian_1", "fluxauth app under granian, 1 worker", lambda: bench.start_granian("granian-1", 1)),

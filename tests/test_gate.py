@@ -28,11 +28,10 @@ def head(token: str | None = None, *, path: bytes = TILE, method: str = "GET") -
 
 
 @pytest.fixture
-def token(admin: Admin) -> str:
-    admin.create_org("acme")
-    admin.enable_service("acme", "tiles")
+def token(token: str, admin: Admin) -> str:
+    """conftest's org and read key (``make_acme``), its WMS made public."""
     admin.enable_service("acme", "wms", is_public=True)
-    return admin.create_key("acme", "maps", permissions=["read"]).token
+    return token
 
 
 def with_gate(settings: Settings, store_path: str, clock: FakeClock, test: object) -> None:

@@ -36,11 +36,10 @@ ECHO = "/v1/services/tiles/acme/era5/main/_echo/x?variables=t2m"
 
 
 @pytest.fixture
-def token(admin: Admin) -> str:
-    admin.create_org("acme")
-    admin.enable_service("acme", "tiles")
+def token(token: str, admin: Admin) -> str:
+    """conftest's org and read key (``make_acme``), its WMS made public."""
     admin.enable_service("acme", "wms", is_public=True)
-    return admin.create_key("acme", "maps", permissions=["read"]).token
+    return token
 
 
 @pytest.fixture
@@ -319,3 +318,19 @@ def test_splice_not_taken_while_an_access_log_is_written(settings: Settings, clo
             assert http.get(server.url + TILE, headers=basic("acme", token)).status_code == 200
     assert app.hot_path["forward"] == 0
     assert app.outcomes[200] == 3
+
+
+@pytest.mark.parametrize(("version", "connection"), [(b"HTTP/1.1", b"Connection: close\r\n"), (b"HTTP/1.0", b"")])
+def test_splice_connection_close_is_honoured(proxy: Proxy, token: str, version: bytes, connection: bytes) -> None:
+    """A client that will not keep the connection (``Connection: close``, HTTP/1.0) gets the answer, then EOF."""
+    warm(proxy, token)
+    request = b"GET " + TILE.encode() + b" " + version + b"\r\nHost: x\r\n" + connection
+    request += b"Authorization: " + basic_value("acme", token) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = read_all(sock)  # returns only because the server closes
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"\r\nconnection: close" in head.lower()
+    assert body.startswith(b"\x89PNG")
+    assert proxy.app.hot_path["forward"] == 1
