@@ -19,7 +19,12 @@ two requests. This protocol adds:
   the connection closed.
 
 Both come from the served app's settings (``FluxAuthApp`` or
-``FluxAuthMiddleware``), or the defaults.
+``FluxAuthMiddleware``), or the defaults. The wait for a head and uvicorn's
+keep-alive wait between requests share one timer per connection, moved
+lazily, instead of a timer or two per request.
+
+It is also where the hot path (``splice.py``) comes in: each request uvicorn
+is about to run as an ASGI task is offered to it first.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 from asyncio import TimerHandle
-from typing import Any
+from typing import Any, Literal
 
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
@@ -80,7 +85,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.header_timeout = settings.client_header_timeout
         self._in_head = True  # waiting for, or reading, a request head
         self._head_bytes = 0
-        self._head_timer: TimerHandle | None = None
+        # One timer for both waits a connection can be in: for a request head
+        # to complete ("head", client_header_timeout) and, between requests,
+        # for the next one to begin ("idle", uvicorn's timeout_keep_alive).
+        # Only the deadline moves per request; the timer, when it fires early,
+        # is set again for the deadline (a timer per request cost more than
+        # deciding the request: fluxauth/splice.py).
+        self._deadline: float | None = None
+        self._waiting_for: Literal["head", "idle"] = "head"
+        self._timer: TimerHandle | None = None
         self._too_large = False  # the head just parsed is over the limit
         self._refused = False  # answered (or about to be) and closing: read nothing more
         # Requests that memory alone decides skip the ASGI app (splice.py);
@@ -94,10 +107,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()  # a connection that never sends a byte is a slowloris too
+        self._wait("head", self.header_timeout)  # a connection that never sends a byte is a slowloris too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._stop_timer()
         if self.splice is not None:
             self.splice.client_lost()
         super().connection_lost(exc)
@@ -143,11 +156,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._arm_head_timer()  # keeps the deadline armed at connection_made for the first request
+        if self._deadline is None or self._waiting_for != "head":
+            # The first request keeps the deadline set at connection_made.
+            self._wait("head", self.header_timeout)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        self._deadline = None
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:
             self._too_large = True
@@ -166,26 +181,63 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
 
+    # -- waiting: the next request, a request head -----------------------------
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer: the idle wait is ours (_wait).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._deadline is None:
+            self._wait("idle", self.timeout_keep_alive)
+        # else: the next head has begun (pipelined): its own deadline runs on.
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this when data arrives: the idle wait is over.
+        if self._waiting_for == "idle":
+            self._deadline = None
+
+    def _wait(self, what: Literal["head", "idle"], seconds: float) -> None:
+        self._waiting_for = what
+        deadline = self._deadline = self.loop.time() + seconds
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return  # it fires first and finds the deadline later: the usual case, no new timer
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.transport.is_closing():
+            return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+            return
+        self._deadline = None
+        if self._waiting_for == "idle":
+            self.timeout_keep_alive_handler()
+        elif self._in_head:
+            self._head_timed_out()
+
     # -- limits --------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or not self._in_head:
-            return
         busy = self.cycle is not None and not self.cycle.response_complete
         if busy and self.flow.read_paused:
             # A pipelined head that we stopped reading while answering the one
             # before it: not the client's delay.
-            self._arm_head_timer()
+            self._wait("head", self.header_timeout)
             return
         self._refuse(
             408, "Request Timeout", "request_timeout", f"the request head took longer than {self.header_timeout} s"
@@ -201,7 +253,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, error: str, detail: str) -> None:
         self._refused = True
-        self._cancel_head_timer()
+        self._stop_timer()
         if self.cycle is not None and not self.cycle.response_complete:
             # An answer to an earlier request is still being written: close after it.
             self.cycle.keep_alive = False

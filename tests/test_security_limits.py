@@ -135,6 +135,51 @@ def test_limits_slow_request_head_is_408_and_closed(start: Start) -> None:
         assert 0.25 < elapsed < 2
 
 
+def test_limits_idle_keep_alive_connection_is_closed(start: Start, keys: Keys) -> None:
+    """Between requests a connection may stay quiet for ``timeout_keep_alive`` (5 s), then it is closed.
+
+    Defence: ``LimitedHttpToolsProtocol``'s one timer per connection, which
+    keeps uvicorn's keep-alive bound without uvicorn's timer per response.
+    """
+    front = start()
+    front.server.server.config.timeout_keep_alive = 0.3  # read by each new connection's protocol
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        for _ in range(3):  # each answer starts the idle wait again
+            sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.1)
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # closed by the server
+    assert 0.15 < time.monotonic() - started < 2
+
+
+def test_limits_trickled_pipelined_head_still_times_out(start: Start, keys: Keys) -> None:
+    """A head begun behind a request, then trickled a byte at a time, is 408 at its own deadline.
+
+    Each byte ends the keep-alive wait, so only the head's deadline (from its
+    first byte) bounds it; a trickle must not reset it.
+    """
+    front = start(client_header_timeout=0.5)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\nGET " + ECHO + b" HTTP/1.1\r\n")
+        reply = b""
+        with contextlib.suppress(OSError):
+            for _ in range(40):  # 4 s of trickle, far past the deadline
+                sock.sendall(b"X")
+                time.sleep(0.1)
+                if b"408" in reply:
+                    break
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    reply += sock.recv(65536)
+                sock.setblocking(True)
+        reply += read_all(sock)
+    assert b"HTTP/1.1 200" in reply
+    assert b"HTTP/1.1 408" in reply
+    assert time.monotonic() - started < 2
+
+
 def test_limits_slowloris_does_not_hold_the_server(start: Start, keys: Keys) -> None:
     """Three hundred connections trickling their heads do not slow real requests, and are dropped at the timeout.
 
