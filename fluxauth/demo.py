@@ -17,6 +17,7 @@ import uvicorn
 from fluxauth.admin import Admin
 from fluxauth.app import FluxAuthApp
 from fluxauth.demo_upstream import create_app
+from fluxauth.httpserver import LimitedHttpToolsProtocol
 from fluxauth.settings import Settings
 from fluxauth.store import open_store
 
@@ -87,6 +88,9 @@ async def _serve_both(settings: Settings, port: int, upstream_port: int) -> None
             host="127.0.0.1",
             port=port,
             log_level="info",
+            # fluxauth serve's protocol (its limits); the access log shown
+            # here keeps every request on the ASGI path (splice.py).
+            http=LimitedHttpToolsProtocol,
             proxy_headers=False,
             server_header=False,
             lifespan="on",
