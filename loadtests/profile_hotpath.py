@@ -8,7 +8,7 @@ threads sleep on the cached path (py-spy's idle detection miscounts them).
 
 Prints the functions with the most self time, the inclusive share of the
 hot-path steps, and a partition of every sample into one bucket (our code by
-step, aiohttp, uvicorn/httptools, the event loop). The raw collapsed stacks
+step, uvicorn/httptools, the event loop). The raw collapsed stacks
 are kept in ``loadtests/results/`` (for flamegraph.pl or speedscope).
 
 Needs py-spy (``.venv/bin/pip install py-spy``); run as root or with ptrace allowed.
@@ -33,24 +33,22 @@ from harness import PYTHON, RESULTS, ROOT, Load, Servers, ensure_debian_packages
 
 # Hot-path steps whose inclusive share is reported, as "function (file" prefixes of py-spy frames.
 STEPS = (
-    ("FluxAuthApp.http (fluxauth/app.py", "whole request in fluxauth's app"),
-    ("RequestHead.from_scope (fluxauth/request.py", "RequestHead.from_scope"),
-    ("Gate.check (fluxauth/gate.py", "Gate.check (decision, cached)"),
+    ("HotPath.serve (fluxauth/splice.py", "hot path: the request, from its head to the upstream write"),
+    ("Gate.decide_now (fluxauth/gate.py", "Gate.decide_now (decision from memory)"),
     ("parse_target (fluxauth/target.py", "parse_target"),
-    ("Gate.authenticate (fluxauth/gate.py", "Gate.authenticate"),
-    ("parse_basic (fluxauth/credentials.py", "parse_basic"),
-    ("cache_key (fluxauth/cache.py", "cache_key (HMAC-SHA256)"),
+    ("split_basic (fluxauth/credentials.py", "split_basic"),
+    ("CacheKeys.__call__ (fluxauth/cache.py", "cache key (HMAC-SHA256)"),
     ("CredentialCache.get (fluxauth/cache.py", "CredentialCache.get"),
     ("decide (fluxauth/policy.py", "policy.decide"),
-    ("Forwarder.forward (fluxauth/forward.py", "Forwarder.forward (upstream round trip + relay)"),
-    ("Forwarder.request_headers (fluxauth/forward.py", "Forwarder.request_headers"),
-    ("_response_headers (fluxauth/forward.py", "forward._response_headers"),
-    ("ClientSession._request (aiohttp/client.py", "aiohttp ClientSession._request"),
-    ("Forwarder._send (fluxauth/forward.py", "Forwarder._send"),
-    ("client_subject (fluxauth/ratelimit.py", "ratelimit.client_subject (ipaddress parsing)"),
-    ("Timeout.", "asyncio.timeout bookkeeping (Timeout.*)"),
-    ("RequestResponseCycle.send (uvicorn/", "uvicorn send (response to the client)"),
-    ("HttpToolsProtocol.data_received (uvicorn/", "uvicorn/httptools parse of the request"),
+    ("Forwarder.request_head (fluxauth/forward.py", "Forwarder.request_head (the upstream's request)"),
+    ("UpstreamPool.send_to (fluxauth/upstream.py", "UpstreamPool.send_to (incl. the write to the upstream)"),
+    ("Connection.data_received (fluxauth/upstream.py", "upstream response: parse and relay"),
+    ("Splice.upstream_head (fluxauth/splice.py", "Splice.upstream_head (response headers)"),
+    ("Splice.upstream_body (fluxauth/splice.py", "Splice.upstream_body (incl. the write to the client)"),
+    ("upstream_response_headers (fluxauth/forward.py", "upstream_response_headers"),
+    ("FluxAuthApp.http (fluxauth/app.py", "ASGI path (requests the hot path left)"),
+    ("HttpToolsProtocol.data_received (uvicorn/", "uvicorn/httptools: the client's bytes, parsed"),
+    ("HttpToolsProtocol.on_headers_complete (uvicorn/", "uvicorn: scope and cycle of a request"),
 )
 
 # Buckets, by file: each sample goes to the bucket of its leaf-most frame that has one.
@@ -65,13 +63,12 @@ FLUXAUTH_BUCKETS = (
     ("fluxauth/request.py", "fluxauth: RequestHead"),
     ("fluxauth/cors.py", "fluxauth: CORS"),
     ("fluxauth/gate.py", "fluxauth: Gate (glue)"),
-    ("fluxauth/forward.py", "fluxauth: Forwarder (headers, relay loop)"),
+    ("fluxauth/forward.py", "fluxauth: upstream request and response headers"),
+    ("fluxauth/splice.py", "fluxauth: hot path relay (incl. client writes)"),
+    ("fluxauth/upstream.py", "fluxauth: upstream pool (incl. upstream writes, response parse)"),
     ("fluxauth/app.py", "fluxauth: app.http (glue)"),
     ("fluxauth/httpserver.py", "uvicorn/httptools server"),
     ("fluxauth/", "fluxauth: other"),
-    ("aiohttp/", "aiohttp client (request, connection pool, response parse)"),
-    ("multidict/", "fluxauth: Forwarder (headers, relay loop)"),
-    ("yarl/", "aiohttp client (request, connection pool, response parse)"),
     ("uvicorn/", "uvicorn/httptools server"),
     ("cachetools/", "fluxauth: cache key (HMAC) and L1 lookup"),
 )
