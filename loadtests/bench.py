@@ -140,6 +140,37 @@ AUTH_REQUEST_CEILING = """\
     }}
 """
 
+# The same, with the subrequest sent to a uvicorn app that allows everything
+# (loadtests/minimal_proxies.py allow), as config/nginx-forward-auth.conf sends it.
+AUTH_REQUEST_ALLOW_ALL = """\
+    upstream tiles {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    upstream allow {{
+        server 127.0.0.1:{auth};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            auth_request /_auth;
+            proxy_pass http://tiles;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location = /_auth {{
+            internal;
+            proxy_pass http://allow/_fluxauth/auth;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+        }}
+    }}
+"""
+
 CADDYFILE = """\
 {{
     admin off
@@ -313,12 +344,12 @@ class Bench:
             **{**settings, **env},
         )
 
-    def start_minimal(self, client: str) -> Server:
-        """A minimal proxy with ``client`` as its upstream client (``--with-minimal``; loadtests/minimal_proxies.py)."""
+    def start_minimal(self, kind: str) -> Server:
+        """One of ``loadtests/minimal_proxies.py``'s servers (``--with-minimal``)."""
         port = free_port()
-        args = [PYTHON, str(ROOT / "loadtests" / "minimal_proxies.py"), client, "--port", str(port)]
+        args = [PYTHON, str(ROOT / "loadtests" / "minimal_proxies.py"), kind, "--port", str(port)]
         args += ["--upstream", f"http://127.0.0.1:{self.upstream_port}"]
-        server = self.servers.start(f"minimal-{client}", args, port, self.tmp / f"minimal-{client}.log")
+        server = self.servers.start(f"minimal-{kind}", args, port, self.tmp / f"minimal-{kind}.log")
         server.wait_ready()
         return server
 
@@ -360,6 +391,13 @@ class Bench:
         port = free_port()
         body = AUTH_REQUEST_CEILING.format(port=port, upstream=self.upstream_port)
         return self.nginx("nginx-auth-request-ceiling", body, port)
+
+    def start_auth_request_allow_all(self) -> Server:
+        """nginx ``auth_request`` to a uvicorn app that allows everything: the best a Python forward-auth can do."""
+        allow = self.start_minimal("allow")
+        port = free_port()
+        body = AUTH_REQUEST_ALLOW_ALL.format(port=port, upstream=self.upstream_port, auth=allow.port)
+        return self.nginx("nginx-auth-request-allow-all", body, port)
 
     # -- measuring --------------------------------------------------------
 
@@ -664,6 +702,11 @@ def run(args: argparse.Namespace, tmp: Path, servers: Servers, started: datetime
         starters += [
             ("minimal_aiohttp", "minimal proxy, aiohttp client (no auth)", lambda: bench.start_minimal("aiohttp")),
             ("minimal_pool", "minimal proxy, fluxauth's pool (no auth)", lambda: bench.start_minimal("pool")),
+            (
+                "auth_request_allow_all",
+                "nginx auth_request to uvicorn allowing all",
+                bench.start_auth_request_allow_all,
+            ),
         ]
     if args.with_granian:
         starters += [

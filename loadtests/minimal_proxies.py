@@ -1,11 +1,13 @@
-"""Two minimal proxies under uvicorn, alike but for the upstream client: aiohttp, or fluxauth's pool.
+"""Minimal servers under uvicorn for ``bench.py --with-minimal``: the floors and ceilings fluxauth is read against.
 
-``bench.py --with-minimal`` runs both beside the real setups, to measure the
-choice that DESIGN.md §5 made (aiohttp, for httpx's pool collapses) against
-the one ``fluxauth/upstream.py`` made later. Neither authenticates or filters
-headers: only the upstream client differs.
+- ``aiohttp`` and ``pool``: two minimal proxies, alike but for the upstream
+  client (aiohttp, or fluxauth's pool), to measure the choice DESIGN.md §5
+  made (aiohttp, for httpx's pool collapses) against the one
+  ``fluxauth/upstream.py`` made later. Neither authenticates or filters headers.
+- ``allow``: a forward-auth service that allows everything at once, the best
+  any forward-auth under uvicorn can do behind nginx.
 
-    python loadtests/minimal_proxies.py aiohttp|pool --upstream http://127.0.0.1:8001 --port 8100
+    python loadtests/minimal_proxies.py aiohttp|pool|allow --port 8100 [--upstream http://127.0.0.1:8001]
 """
 
 from __future__ import annotations
@@ -72,13 +74,26 @@ def pool_app(upstream: str) -> Any:
     return app
 
 
+async def allow(scope: Scope, receive: Any, send: Any) -> None:
+    """Every forward-auth subrequest allowed, with the headers fluxauth would send."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+    headers += [(b"x-fluxauth-org", b"acme"), (b"x-fluxauth-principal", b"bench@acme")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("client", choices=("aiohttp", "pool"))
-    parser.add_argument("--upstream", required=True)
+    parser.add_argument("server", choices=("aiohttp", "pool", "allow"))
+    parser.add_argument("--upstream", default="http://127.0.0.1:8001")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    app = (aiohttp_app if args.client == "aiohttp" else pool_app)(args.upstream.rstrip("/"))
+    upstream = args.upstream.rstrip("/")
+    app = {"aiohttp": lambda: aiohttp_app(upstream), "pool": lambda: pool_app(upstream), "allow": lambda: allow}[
+        args.server
+    ]()
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning", access_log=False
     )
