@@ -81,6 +81,7 @@ _DROPPED_REQUEST = HOP_BY_HOP | {
 }
 _DROPPED_PREFIXES = (b"x-fluxauth-", b"x-forwarded-")
 _KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+_NOT_RELAYED = HOP_BY_HOP | {b"date"}
 # Methods whose requests carry no body unless they say so: no "Content-Length: 0" is added.
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
@@ -370,7 +371,11 @@ class _BodyReader:
 
 
 def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
-    """The upstream's response headers (names in lower case) without hop-by-hop ones.
+    """The upstream's response headers (names in lower case) without hop-by-hop ones, nor its ``Date``.
+
+    The server fluxauth runs on sends its own ``Date`` with every response
+    (uvicorn's default headers); the upstream's beside it made two, which a
+    field defined once (RFC 9110 §6.6.1) must not be.
 
     ``private``: the request was authenticated, so the answer is for that key
     alone. An upstream's ``public`` or ``s-maxage`` would let a shared cache in
@@ -378,7 +383,7 @@ def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
     ``private``.
     """
     named = _connection_named(raw)
-    headers = [(name, value) for name, value in raw if name not in HOP_BY_HOP and name not in named]
+    headers = [(name, value) for name, value in raw if name not in _NOT_RELAYED and name not in named]
     if not private:
         return headers
     directives: list[bytes] = []
