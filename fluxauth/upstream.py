@@ -1,9 +1,9 @@
 """The upstream client: keep-alive HTTP/1.1 connections in one pool per process, responses streamed.
 
-Not aiohttp, which DESIGN.md §5 first chose over httpx: measured here through
-the same minimal proxy under uvicorn, aiohttp's client ran at 0.40x of this
-one (4,100 vs 10,400 requests/s for a 12 KiB tile; ``loadtests/bench.py``
-compares the whole proxy). fluxauth's needs are narrow — a few origins fixed
+Not aiohttp, which DESIGN.md §5 first chose over httpx: through the same
+minimal proxy under uvicorn, aiohttp's client ran at 0.53x of this one (4,188
+vs 7,960 requests/s for a 12 KiB tile; ``loadtests/minimal_proxies.py``, run by
+``bench.py --with-minimal``). fluxauth's needs are narrow — a few origins fixed
 by the settings, requests it has framed itself, responses relayed as bytes —
 and aiohttp's generality (URL objects, multidicts, cookie jars, tracing, one
 task and several futures per request) was most of the hot path's cost. The
