@@ -2,7 +2,7 @@
 
 What reaches the upstream:
 
-- the raw path and query exactly as decided on (``encoded=True``: no re-quoting);
+- the raw path and query exactly as decided on, as bytes (nothing re-quotes them);
 - no hop-by-hop headers (RFC 9110 §7.6.1), nor any header named in
   ``Connection`` — a client could otherwise have a proxy strip the headers the
   upstream relies on (Traefik CVE-2021-32813, CVE-2024-45410);
@@ -158,8 +158,8 @@ class Forwarder:
                 host = value
             elif name in _KEPT_FORWARDED:
                 forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
-            elif name == b"connection":
-                named = _connection_named(received)
+            elif name == b"connection" and named is None:
+                named = _connection_named(received)  # every Connection header at once
             if not dropped_header(name):
                 kept_headers.append((name, value))
         if named:
@@ -245,9 +245,11 @@ class Forwarder:
             await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
         except UpstreamError as exc:
             # The head went out already: the server closes the connection and
-            # the client sees a truncated body.
-            self.errors[exc.kind] += 1
-            log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
+            # the client sees a truncated body. A client whose own body broke
+            # off is no failure of the upstream's.
+            if body is None or body.failure is None:
+                self.errors[exc.kind] += 1
+                log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
         except _SendStalled:
             self.errors["client_stalled"] += 1
             log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)

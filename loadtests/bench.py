@@ -118,13 +118,15 @@ AUTH_BASIC_SERVER = """\
     }}
 """
 
-# The same auth_request round trip as config/nginx-forward-auth.conf, but the
-# subrequest is answered by nginx itself: the ceiling of any forward-auth service.
-AUTH_REQUEST_CEILING = """\
+# The same auth_request round trip as config/nginx-forward-auth.conf, with the
+# subrequest answered by {answer}: nginx itself (the ceiling of any forward-auth
+# service), or a uvicorn app that allows everything (the best a Python one can do).
+AUTH_REQUEST_SERVER = """\
     upstream tiles {{
         server 127.0.0.1:{upstream};
         keepalive 64;
     }}
+{auth_upstream}
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -135,41 +137,23 @@ AUTH_REQUEST_CEILING = """\
         }}
         location = /_auth {{
             internal;
-            return 204;
+{answer}
         }}
     }}
 """
-
-# The same, with the subrequest sent to a uvicorn app that allows everything
-# (loadtests/minimal_proxies.py allow), as config/nginx-forward-auth.conf sends it.
-AUTH_REQUEST_ALLOW_ALL = """\
-    upstream tiles {{
-        server 127.0.0.1:{upstream};
-        keepalive 64;
-    }}
+ANSWERED_BY_NGINX = "            return 204;"
+ALLOW_ALL_UPSTREAM = """\
     upstream allow {{
-        server 127.0.0.1:{auth};
+        server 127.0.0.1:{port};
         keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            auth_request /_auth;
-            proxy_pass http://tiles;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-        location = /_auth {{
-            internal;
+    }}"""
+ANSWERED_BY_ALLOW_ALL = """\
             proxy_pass http://allow/_fluxauth/auth;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-        }}
-    }}
-"""
+            proxy_set_header X-Original-URI $request_uri;"""
 
 CADDYFILE = """\
 {{
@@ -389,14 +373,21 @@ class Bench:
     def start_auth_request_ceiling(self) -> Server:
         """nginx ``auth_request`` whose subrequest nginx answers itself: what any forward-auth costs nginx alone."""
         port = free_port()
-        body = AUTH_REQUEST_CEILING.format(port=port, upstream=self.upstream_port)
+        body = AUTH_REQUEST_SERVER.format(
+            port=port, upstream=self.upstream_port, auth_upstream="", answer=ANSWERED_BY_NGINX
+        )
         return self.nginx("nginx-auth-request-ceiling", body, port)
 
     def start_auth_request_allow_all(self) -> Server:
         """nginx ``auth_request`` to a uvicorn app that allows everything: the best a Python forward-auth can do."""
         allow = self.start_minimal("allow")
         port = free_port()
-        body = AUTH_REQUEST_ALLOW_ALL.format(port=port, upstream=self.upstream_port, auth=allow.port)
+        body = AUTH_REQUEST_SERVER.format(
+            port=port,
+            upstream=self.upstream_port,
+            auth_upstream=ALLOW_ALL_UPSTREAM.format(port=allow.port),
+            answer=ANSWERED_BY_ALLOW_ALL,
+        )
         return self.nginx("nginx-auth-request-allow-all", body, port)
 
     # -- measuring --------------------------------------------------------
