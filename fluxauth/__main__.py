@@ -1,6 +1,6 @@
 """``python -m fluxauth``: the same command as the ``fluxauth`` console script."""
 
-from fluxauth.cli import entry_point
+from fluxauth.cli.main import entry_point
 
 if __name__ == "__main__":
     entry_point()

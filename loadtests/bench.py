@@ -182,7 +182,7 @@ def tile_png(size: int = TILE_BYTES) -> bytes:
 
     The padding is a private ancillary chunk, which PNG readers skip.
     """
-    from fluxauth.demo_upstream import render_tile
+    from fluxauth.demo.upstream import render_tile
 
     png: bytes = render_tile(1, 0, 0)
     end = png.rindex(b"IEND") - 4
@@ -345,7 +345,7 @@ class Bench:
         args += ["--workers", str(workers), "--no-ws", "--log-level", "warning", "--factory"]
         env = {**self.store.env, "FLUXAUTH_UPSTREAM": f"http://127.0.0.1:{self.upstream_port}"}
         server = self.servers.start(
-            name, [*args, "fluxauth.app:app_from_environment"], port, self.tmp / f"{name}.log", env
+            name, [*args, "fluxauth.proxy.app:app_from_environment"], port, self.tmp / f"{name}.log", env
         )
         server.wait_ready("/_fluxauth/readyz")
         return server

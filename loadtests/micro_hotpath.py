@@ -32,13 +32,13 @@ import uvloop
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from fluxauth.admin import Admin
-from fluxauth.app import FluxAuthApp
-from fluxauth.httpserver import LimitedHttpToolsProtocol
-from fluxauth.request import RequestHead
-from fluxauth.settings import Settings, load_settings
+from fluxauth.config.settings import Settings, load_settings
+from fluxauth.decision.request import RequestHead
+from fluxauth.manage.admin import Admin
+from fluxauth.proxy.app import FluxAuthApp
+from fluxauth.server.protocol import LimitedHttpToolsProtocol
 from fluxauth.store.sqlite import SQLiteStore
-from fluxauth.upstream import Connection
+from fluxauth.upstream.pool import Connection
 
 TILE_PATH = b"/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/1/0/0.png"
 TILE = b"\x89PNG" + b"\0" * (12 * 1024 - 4)

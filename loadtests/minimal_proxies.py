@@ -1,9 +1,9 @@
 """Minimal servers under uvicorn for ``bench.py --with-minimal``: the floors and ceilings fluxauth is read against.
 
 - ``aiohttp`` and ``pool``: two minimal proxies, alike but for the upstream
-  client (aiohttp, or fluxauth's pool), to measure the choice DESIGN.md §5
-  made (aiohttp, for httpx's pool collapses) against the one
-  ``fluxauth/upstream.py`` made later. Neither authenticates or filters headers.
+  client (aiohttp, or fluxauth's pool), to measure the first choice
+  (aiohttp, for httpx's pool collapses) against the one
+  ``fluxauth/upstream/pool.py`` made later. Neither authenticates or filters headers.
 - ``allow``: a forward-auth service that allows everything at once, the best
   any forward-auth under uvicorn can do behind nginx.
 
@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import uvicorn
 
-from fluxauth.upstream import Origin, UpstreamPool
+from fluxauth.upstream.pool import Origin, UpstreamPool
 
 Scope = dict[str, Any]
 _HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})

@@ -33,52 +33,58 @@ from harness import PYTHON, RESULTS, ROOT, Load, Servers, ensure_debian_packages
 
 # Hot-path steps whose inclusive share is reported, as "function (file" prefixes of py-spy frames.
 STEPS = (
-    ("HotPath.serve (fluxauth/splice.py", "hot path: the request, from its head to the upstream write"),
-    ("Gate.decide_now (fluxauth/gate.py", "Gate.decide_now (decision from memory)"),
-    ("parse_target (fluxauth/target.py", "parse_target"),
-    ("split_basic (fluxauth/credentials.py", "split_basic"),
-    ("CacheKeys.__call__ (fluxauth/cache.py", "cache key (HMAC-SHA256)"),
-    ("CredentialCache.get (fluxauth/cache.py", "CredentialCache.get"),
-    ("decide (fluxauth/policy.py", "policy.decide"),
-    ("Forwarder.request_head (fluxauth/forward.py", "Forwarder.request_head (the upstream's request)"),
-    ("UpstreamPool.send_to (fluxauth/upstream.py", "UpstreamPool.send_to (incl. the write to the upstream)"),
-    ("Connection.data_received (fluxauth/upstream.py", "upstream response: parse and relay"),
-    ("Splice.upstream_head (fluxauth/splice.py", "Splice.upstream_head (response headers)"),
-    ("Splice.upstream_body (fluxauth/splice.py", "Splice.upstream_body (incl. the write to the client)"),
-    ("upstream_response_headers (fluxauth/forward.py", "upstream_response_headers"),
-    ("FluxAuthApp.http (fluxauth/app.py", "ASGI path (requests the hot path left)"),
+    ("HotPath.serve (fluxauth/server/hotpath.py", "hot path: the request, from its head to the upstream write"),
+    ("Gate.decide_now (fluxauth/auth/gate.py", "Gate.decide_now (decision from memory)"),
+    ("parse_target (fluxauth/decision/target.py", "parse_target"),
+    ("split_basic (fluxauth/decision/credentials.py", "split_basic"),
+    ("CacheKeys.__call__ (fluxauth/auth/cache.py", "cache key (HMAC-SHA256)"),
+    ("CredentialCache.get (fluxauth/auth/cache.py", "CredentialCache.get"),
+    ("decide (fluxauth/decision/policy.py", "policy.decide"),
+    ("Forwarder.request_head (fluxauth/proxy/forward.py", "Forwarder.request_head (the upstream's request)"),
+    ("UpstreamPool.send_to (fluxauth/upstream/pool.py", "UpstreamPool.send_to (incl. the write to the upstream)"),
+    ("Connection.data_received (fluxauth/upstream/pool.py", "upstream response: parse and relay"),
+    ("Splice.upstream_head (fluxauth/server/hotpath.py", "Splice.upstream_head (response headers)"),
+    ("Splice.upstream_body (fluxauth/server/hotpath.py", "Splice.upstream_body (incl. the write to the client)"),
+    ("upstream_response_headers (fluxauth/proxy/forward.py", "upstream_response_headers"),
+    ("FluxAuthApp.http (fluxauth/proxy/app.py", "ASGI path (requests the hot path left)"),
     ("HttpToolsProtocol.data_received (uvicorn/", "uvicorn/httptools: the client's bytes, parsed"),
     ("HttpToolsProtocol.on_headers_complete (uvicorn/", "uvicorn: scope and cycle of a request"),
 )
 
 # Buckets, by file: each sample goes to the bucket of its leaf-most frame that has one.
 FLUXAUTH_BUCKETS = (
-    ("fluxauth/target.py", "fluxauth: parse_target / check_query"),
-    ("fluxauth/credentials.py", "fluxauth: Basic credentials, token parse"),
-    ("fluxauth/tokens.py", "fluxauth: Basic credentials, token parse"),
-    ("fluxauth/cache.py", "fluxauth: cache key (HMAC) and L1 lookup"),
-    ("fluxauth/policy.py", "fluxauth: policy.decide"),
-    ("fluxauth/ratelimit.py", "fluxauth: client address, rate limiter"),
-    ("fluxauth/proxies.py", "fluxauth: client address, rate limiter"),
-    ("fluxauth/request.py", "fluxauth: RequestHead"),
-    ("fluxauth/cors.py", "fluxauth: CORS"),
-    ("fluxauth/gate.py", "fluxauth: Gate (glue)"),
-    ("fluxauth/forward.py", "fluxauth: upstream request and response headers"),
-    ("fluxauth/splice.py", "fluxauth: hot path relay (incl. client writes)"),
-    ("fluxauth/upstream.py", "fluxauth: upstream pool (incl. upstream writes, response parse)"),
-    ("fluxauth/app.py", "fluxauth: app.http (glue)"),
-    ("fluxauth/httpserver.py", "uvicorn/httptools server"),
+    ("fluxauth/decision/target.py", "fluxauth: parse_target / check_query"),
+    ("fluxauth/decision/credentials.py", "fluxauth: Basic credentials, token parse"),
+    ("fluxauth/decision/tokens.py", "fluxauth: Basic credentials, token parse"),
+    ("fluxauth/auth/cache.py", "fluxauth: cache key (HMAC) and L1 lookup"),
+    ("fluxauth/decision/policy.py", "fluxauth: policy.decide"),
+    ("fluxauth/auth/ratelimit.py", "fluxauth: client address, rate limiter"),
+    ("fluxauth/decision/proxies.py", "fluxauth: client address, rate limiter"),
+    ("fluxauth/decision/request.py", "fluxauth: RequestHead"),
+    ("fluxauth/decision/cors.py", "fluxauth: CORS"),
+    ("fluxauth/auth/gate.py", "fluxauth: Gate (glue)"),
+    ("fluxauth/proxy/forward.py", "fluxauth: upstream request and response headers"),
+    ("fluxauth/server/hotpath.py", "fluxauth: hot path relay (incl. client writes)"),
+    ("fluxauth/upstream/pool.py", "fluxauth: upstream pool (incl. upstream writes, response parse)"),
+    ("fluxauth/proxy/app.py", "fluxauth: app.http (glue)"),
+    ("fluxauth/server/protocol.py", "uvicorn/httptools server"),
     ("fluxauth/", "fluxauth: other"),
     ("uvicorn/", "uvicorn/httptools server"),
     ("cachetools/", "fluxauth: cache key (HMAC) and L1 lookup"),
 )
 LOOP_BUCKET = "event loop (uvloop/asyncio: socket I/O, scheduling)"
 # Frames that only start the server: time under them and nothing else is the event loop's own.
-OUTER_FILES = ("uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py", "fluxauth/cli.py", "fluxauth/__main__.py")
+OUTER_FILES = (
+    "uvicorn/main.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+    "fluxauth/cli/main.py",
+    "fluxauth/__main__.py",
+)
 
 
 def frame_file(frame: str) -> str:
-    """``"Gate.check (fluxauth/gate.py)"`` -> ``"fluxauth/gate.py"``."""
+    """``"Gate.check (fluxauth/auth/gate.py)"`` -> ``"fluxauth/auth/gate.py"``."""
     return frame.rpartition("(")[2].rstrip(")")
 
 

@@ -68,7 +68,7 @@ class Cli:
         self.env = env
 
     def __call__(self, *args: str) -> str:
-        from fluxauth.cli import main
+        from fluxauth.cli.main import main
 
         saved = dict(os.environ)
         os.environ.update(self.env)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             world = make_world(Cli(store_env))
             (tmp / "world.json").write_text(json.dumps(world))
             upstream_port = free_port()
-            serve_upstream = [PYTHON, "-m", "uvicorn", "fluxauth.demo_upstream:create_app", "--factory"]
+            serve_upstream = [PYTHON, "-m", "uvicorn", "fluxauth.demo.upstream:create_app", "--factory"]
             serve_upstream += ["--port", str(upstream_port), "--loop", "uvloop", "--http", "httptools"]
             serve_upstream += ["--log-level", "warning", "--no-access-log"]
             upstream = servers.start(

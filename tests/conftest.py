@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from fluxauth.admin import Admin
-from fluxauth.app import FluxAuthApp
 from fluxauth.clock import FakeClock
-from fluxauth.demo_upstream import create_app
-from fluxauth.settings import Settings
+from fluxauth.config.settings import Settings
+from fluxauth.demo.upstream import create_app
+from fluxauth.manage.admin import Admin
+from fluxauth.proxy.app import FluxAuthApp
 from fluxauth.store.sqlite import SQLiteStore
-from tests.servers import ServerThread
+from tests.support.servers import ServerThread
 
 if TYPE_CHECKING:
-    from tests.clients import Stack
+    from tests.support.clients import Stack
 
 # One client for quick one-off requests: httpx.get() builds a whole Client,
 # SSL context included, for every call (tens of milliseconds each).
@@ -113,7 +113,7 @@ def proxy(proxy_factory: ProxyFactory, settings: Settings) -> Proxy:
 @pytest.fixture
 def token(admin: Admin) -> str:
     """The clients' org ``acme`` with tiles and WMS, and its read key's token."""
-    from tests.clients import make_acme
+    from tests.support.clients import make_acme
 
     return make_acme(admin)
 
@@ -121,7 +121,7 @@ def token(admin: Admin) -> str:
 @pytest.fixture
 def stack(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[Stack]:
     """fluxauth and the demo upstream, each behind a recorder of what it received."""
-    from tests.clients import running_stack
+    from tests.support.clients import running_stack
 
     with running_stack(settings, store_path, clock) as stack:
         yield stack

@@ -2,11 +2,10 @@
 
 ``base`` says what a backend must do; ``sqlite`` is the embedded default.
 Store methods are synchronous and quick; the server calls them off the event
-loop (``fluxauth.gate.AsyncStore``).
+loop (``fluxauth.auth.gate.AsyncStore``).
 """
 
-from fluxauth.store.base import Store, open_store
-from fluxauth.store.models import (
+from fluxauth.model import (
     Change,
     Credential,
     KeyRecord,
@@ -15,6 +14,7 @@ from fluxauth.store.models import (
     TokenRecord,
     Visibility,
 )
+from fluxauth.store.base import Store, open_store
 
 __all__ = [
     "Change",

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from fluxauth.errors import ConfigError
-from fluxauth.store.models import (
+from fluxauth.model import (
     Change,
     Credential,
     KeyRecord,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from fluxauth.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from fluxauth.store.models import (
+from fluxauth.model import (
     Change,
     ChangeKind,
     Credential,

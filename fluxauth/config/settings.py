@@ -1,0 +1,343 @@
+"""Settings: one frozen object built from a TOML file and ``FLUXAUTH_*`` variables.
+
+Every key of the file can be overridden by the environment variable
+``FLUXAUTH_<KEY>`` (upper case); the environment wins. Errors name the key and the
+bad value. See ``config/fluxauth.toml`` for every key, annotated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from fluxauth.config.durations import parse_duration
+from fluxauth.errors import ConfigError, InputError
+
+Argon2Profile = Literal["rfc9106-low-memory", "rfc9106-high-memory", "cheapest"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PROTOCOLS = ("dap2", "edr", "wms", "tiles", "zarr")
+MAX_GRACE_SECONDS = 7 * 86400  # docs/architecture.md §2: a grace period longer than 7 days is refused.
+
+
+class Secret:
+    """A string that does not show itself in ``repr``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can set. Build it with ``load_settings``."""
+
+    store: str = "sqlite:///fluxauth.db"
+    redis_url: str | None = None
+    upstream: str = "http://127.0.0.1:8001"
+    upstreams: Mapping[str, str] = field(default_factory=dict)
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_max_age: int = 600
+    trusted_proxies: tuple[Network, ...] = ()
+    argon2_profile: Argon2Profile = "rfc9106-low-memory"
+    # argon2 verifications at once, off the event loop; 0: as many as the cores
+    # hold of the profile's lanes (each verification runs one thread per lane).
+    verify_threads: int = 0
+    cache_ttl: int = 300
+    cache_maxsize: int = 100_000
+    cache_secret: Secret | None = None
+    # 0.5 s, not the 1 s of docs/architecture.md §4: polling at 1 s cannot promise refusal within 1 s.
+    change_poll_interval: float = 0.5
+    key_default_lifetime: int = 365 * 86400
+    key_max_lifetime: int = 732 * 86400  # two years, leap days included
+    rate_limit_failures: int = 20
+    rate_limit_window: int = 60
+    # A 429 is held this long before it is sent: a client that ignores
+    # Retry-After is slowed to one attempt a second per connection (0: off).
+    rate_limit_delay: float = 1.0
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
+    upstream_max_connections: int = 256
+    log_level: LogLevel = "info"
+    # Limits on what one client may cost (SECURITY.md). Verifications waiting
+    # for the argon2 pool, per process: beyond it, uncached credentials get 503.
+    max_pending_verifications: int = 64
+    max_header_bytes: int = 64 * 1024  # request line and headers; 431 beyond (fluxauth serve)
+    max_url_length: int = 8192  # path and query; 414 beyond (nginx's default line buffer)
+    max_request_body: int = 100 * 1024 * 1024  # bytes; 413 beyond; 0 = no limit
+    client_header_timeout: float = 10.0  # to send the whole request head (fluxauth serve)
+    client_body_timeout: float = 30.0  # the longest pause between two pieces of a request body
+    send_timeout: float = 30.0  # the longest a client may leave a piece of the response unread
+
+    def upstream_for(self, protocol: str) -> str:
+        """The upstream base URL for ``protocol``, or the default one."""
+        return self.upstreams.get(protocol, self.upstream)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug logs: URLs lose their userinfo
+        # (passwords of Redis or an upstream), the cache secret shows as Secret('***').
+        fields = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name in ("store", "redis_url", "upstream") and isinstance(value, str):
+                value = redact_url(value)
+            elif item.name == "upstreams":
+                value = {name: redact_url(url) for name, url in value.items()}
+            fields.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(fields)})"
+
+
+# scheme://user:password@host -> scheme://***@host, wherever it appears in a text.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``***``.
+
+    Redis, store and upstream URLs may carry a password (``redis://:pw@host``);
+    log lines, error messages and reprs show them through this.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def _text(key: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{key}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _optional_text(key: str, raw: object) -> str | None:
+    return None if raw in (None, "") else _text(key, raw)
+
+
+def _url(key: str, raw: object) -> str:
+    text = _text(key, raw).rstrip("/")
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError when out of range
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"{key}: expected an http(s) URL, got {redact_url(text)!r}")
+    return text
+
+
+def _words(key: str, raw: object) -> tuple[str, ...]:
+    """A list from TOML, or a comma-separated string from the environment."""
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")]
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        items = [item.strip() for item in raw]
+    else:
+        raise ConfigError(f"{key}: expected a list of strings or a comma-separated string, got {raw!r}")
+    return tuple(item for item in items if item)
+
+
+def _protocols(key: str, raw: object) -> tuple[str, ...]:
+    names = _words(key, raw)
+    for name in names:
+        if not name.isascii() or not name.isalnum() or not name.islower():
+            raise ConfigError(f"{key}: protocol names are lower-case letters and digits, got {name!r}")
+    if not names:
+        raise ConfigError(f"{key}: at least one protocol is needed")
+    return names
+
+
+def _origins(key: str, raw: object) -> tuple[str, ...]:
+    """Origins as browsers serialize them (RFC 6454 §6.2): ASCII, lower case, no path.
+
+    Browsers send ``Origin`` in that form and it is compared byte for byte, so an
+    origin written any other way would silently never match; it is refused
+    (or, for case and a trailing ``/``, normalized) here instead.
+    """
+    origins = _words(key, raw)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if (
+            not origin.isascii()
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "?" in origin
+            or "#" in origin
+        ):
+            raise ConfigError(f"{key}: expected '*' or origins like https://maps.example.org, got {origin!r}")
+    return tuple(origin.rstrip("/").lower() for origin in origins)
+
+
+def _networks(key: str, raw: object) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _words(key, raw))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _int(key: str, raw: object, minimum: int = 0) -> int:
+    # A regex, not str.isdigit(): that accepts "²", which int() refuses.
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < minimum:
+        raise ConfigError(f"{key}: expected a whole number >= {minimum}, got {raw!r}")
+    return raw
+
+
+def _float(key: str, raw: object, *, zero: bool = False) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number, got {raw!r}")
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+    # "inf" parses as a float; an infinite poll interval or timeout would never fire.
+    if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+        raise ConfigError(f"{key}: expected a {'number >= 0' if zero else 'positive number'}, got {raw!r}")
+    return value
+
+
+def _positive_float(key: str, raw: object) -> float:
+    return _float(key, raw)
+
+
+def _seconds(key: str, raw: object) -> int:
+    """A duration: a number of seconds, or a string such as ``90d``."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return _int(key, raw, 1)
+    try:
+        value = parse_duration(_text(key, raw))
+    except InputError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+    return _int(key, value, 1)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
+    def convert(key: str, raw: object) -> str:
+        if raw not in options:
+            raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {raw!r}")
+        return str(raw)
+
+    return convert
+
+
+def _secret(key: str, raw: object) -> Secret | None:
+    text = _optional_text(key, raw)
+    if text is not None and len(text) < 16:
+        raise ConfigError(f"{key}: use at least 16 characters")
+    return None if text is None else Secret(text)
+
+
+def _upstreams(key: str, raw: object) -> Mapping[str, str]:
+    if isinstance(raw, str):  # env: "tiles=http://a:1,wms=http://b:2"
+        pairs = [item.partition("=") for item in _words(key, raw)]
+        raw = {name.strip(): url.strip() for name, _, url in pairs}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a table of protocol = URL, got {raw!r}")
+    return {str(name): _url(f"{key}.{name}", url) for name, url in raw.items()}
+
+
+_CONVERTERS: dict[str, Callable[[str, object], Any]] = {
+    "store": _text,
+    "redis_url": _optional_text,
+    "upstream": _url,
+    "upstreams": _upstreams,
+    "protocols": _protocols,
+    "cors_allow_origins": _origins,
+    "cors_max_age": lambda k, v: _int(k, v, 0),
+    "trusted_proxies": _networks,
+    "argon2_profile": _choice(get_args(Argon2Profile)),
+    "verify_threads": lambda k, v: _int(k, v, 0),
+    "cache_ttl": _seconds,
+    "cache_maxsize": lambda k, v: _int(k, v, 1),
+    "cache_secret": _secret,
+    "change_poll_interval": _positive_float,
+    "key_default_lifetime": _seconds,
+    "key_max_lifetime": _seconds,
+    "rate_limit_failures": lambda k, v: _int(k, v, 1),
+    "rate_limit_window": _seconds,
+    "rate_limit_delay": lambda k, v: _float(k, v, zero=True),
+    "upstream_connect_timeout": _positive_float,
+    "upstream_read_timeout": _positive_float,
+    "upstream_max_connections": lambda k, v: _int(k, v, 1),
+    "log_level": _choice(get_args(LogLevel)),
+    "max_pending_verifications": lambda k, v: _int(k, v, 1),
+    "max_header_bytes": lambda k, v: _int(k, v, 1024),
+    "max_url_length": lambda k, v: _int(k, v, 256),
+    "max_request_body": lambda k, v: _int(k, v, 0),
+    "client_header_timeout": _positive_float,
+    "client_body_timeout": _positive_float,
+    "send_timeout": _positive_float,
+}
+assert set(_CONVERTERS) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: object,
+) -> Settings:
+    """Read ``config_file`` (or ``$FLUXAUTH_CONFIG``), then the environment, then ``overrides``.
+
+    ``overrides`` are what the command line says (``--store``, ``--upstream``...);
+    ``None`` values are ignored.
+    """
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("FLUXAUTH_CONFIG")
+    raw: dict[str, object] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                raw.update(tomllib.load(handle))
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc}") from exc
+    unknown = sorted(set(raw) - set(_CONVERTERS))
+    if unknown:
+        raise ConfigError(f"config file {str(path)!r}: unknown key {unknown[0]!r}")
+    for key in _CONVERTERS:
+        value = env.get(f"FLUXAUTH_{key.upper()}")
+        if value is not None:
+            raw[key] = value
+    unknown = sorted(set(overrides) - set(_CONVERTERS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    values = {key: _CONVERTERS[key](key, value) for key, value in raw.items()}
+    settings = Settings(**values)
+    if settings.key_default_lifetime > settings.key_max_lifetime:
+        raise ConfigError("key_default_lifetime: must not exceed key_max_lifetime")
+    for protocol in settings.upstreams:
+        if protocol not in settings.protocols:
+            raise ConfigError(f"upstreams.{protocol}: not one of the enabled protocols")
+    return settings

@@ -1,0 +1,70 @@
+"""Which peers may speak for the client (``X-Forwarded-For``), as in uvicorn's proxy_headers.
+
+Only addresses in ``trusted_proxies`` are believed. The client is the first
+address, from the right of ``X-Forwarded-For``, that is not a trusted proxy;
+with no trusted proxies it is simply the peer. Nothing is trusted by default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from fluxauth.config.settings import Network
+
+
+class ProxyTrust:
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self._networks = networks
+        self.is_trusted = lru_cache(maxsize=4096)(self._is_trusted)
+
+    def _is_trusted(self, host: str) -> bool:
+        if not self._networks:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, which an
+        # IPv4 network never contains; compare the IPv4 address it maps.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+    def client(self, peer: str | None, forwarded_for: bytes | None) -> str:
+        """The address that failures are counted against."""
+        if peer is None:
+            return "unknown"
+        if forwarded_for is None or not self.is_trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            if hop and not self.is_trusted(hop):
+                return hop
+        return hops[0] or peer
+
+
+def forwarded_headers(
+    trust: ProxyTrust,
+    peer: str | None,
+    scheme: str,
+    host: bytes | None,
+    received: dict[bytes, bytes],
+) -> list[tuple[bytes, bytes]]:
+    """``X-Forwarded-For/Proto/Host`` for the upstream.
+
+    From a trusted proxy, what it said is kept and the peer appended; from
+    anyone else, the client's own values are discarded and ours set.
+    """
+    trusted = peer is not None and trust.is_trusted(peer)
+    peer_bytes = (peer or "unknown").encode("latin-1")
+    chain = received.get(b"x-forwarded-for") if trusted else None
+    proto = (received.get(b"x-forwarded-proto") if trusted else None) or scheme.encode("latin-1")
+    fhost = (received.get(b"x-forwarded-host") if trusted else None) or host
+    headers = [
+        (b"x-forwarded-for", chain + b", " + peer_bytes if chain else peer_bytes),
+        (b"x-forwarded-proto", proto),
+    ]
+    if fhost:
+        headers.append((b"x-forwarded-host", fhost))
+    return headers

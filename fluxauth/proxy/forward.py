@@ -1,0 +1,403 @@
+"""Forwarding to the upstream: one connection pool per process (``fluxauth.upstream``), bodies streamed both ways.
+
+What reaches the upstream:
+
+- the raw path and query exactly as decided on, as bytes (nothing re-quotes them);
+- no hop-by-hop headers (RFC 9110 §7.6.1), nor any header named in
+  ``Connection`` — a client could otherwise have a proxy strip the headers the
+  upstream relies on (Traefik CVE-2021-32813, CVE-2024-45410);
+- no ``Authorization`` and no client-sent ``X-Fluxauth-*``, ``X-Forwarded-*``,
+  ``Forwarded`` or ``X-Real-IP``; fluxauth sets ``X-Fluxauth-Org``,
+  ``X-Fluxauth-Principal`` and ``X-Forwarded-For/Proto/Host`` itself;
+- none of the headers that make some frameworks read another path or method
+  than the one decided on (``X-Original-URL``, ``X-Rewrite-URL``: Symfony
+  CVE-2018-14773; ``X-HTTP-Method-Override``: a GET decided as a read would
+  become a DELETE), nor client-IP headers an upstream might believe;
+- header names are compared with ``_`` read as ``-``: CGI, WSGI, PHP and Rack
+  turn both into ``_`` (``X_Fluxauth_Org`` is ``HTTP_X_FLUXAUTH_ORG``, the very
+  key of ``X-Fluxauth-Org``), which is why nginx drops such headers by default;
+- framing of fluxauth's own: ``Content-Length`` is the one fluxauth checked
+  (``request.check_framing``), whatever ``Connection`` names; a body longer than
+  ``max_request_body`` is cut off (413), a client that pauses longer than
+  ``client_body_timeout`` in its body or leaves the response unread longer than
+  ``send_timeout`` is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from fluxauth.config.settings import Settings
+from fluxauth.decision.policy import Principal
+from fluxauth.decision.proxies import ProxyTrust, forwarded_headers
+from fluxauth.decision.request import RequestHead
+from fluxauth.errors import UpstreamError, UpstreamTimeout
+from fluxauth.histogram import Histogram
+from fluxauth.proxy.responses import send_json
+from fluxauth.types import Headers, Message, Receive, Scope, Send
+from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
+
+log = logging.getLogger("fluxauth.forward")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers that never reach the upstream as the client sent them
+# (compared after ``_`` -> ``-``; every ``x-forwarded-*`` and ``x-fluxauth-*`` too).
+_DROPPED_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"content-length",  # set by fluxauth from the length it checked
+    b"expect",
+    b"forwarded",
+    b"x-real-ip",
+    # Read by some frameworks as the real path or method (IIS, Symfony, Laravel,
+    # Express method-override, Envoy): the upstream would serve what was not decided.
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
+    b"x-envoy-original-path",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    # Client addresses that upstreams and their frameworks believe.
+    b"true-client-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"client-ip",
+}
+_DROPPED_PREFIXES = (b"x-fluxauth-", b"x-forwarded-")
+_KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+_NOT_RELAYED = HOP_BY_HOP | {b"date"}
+# Methods whose requests carry no body unless they say so: no "Content-Length: 0" is added.
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+
+def upstream_refusal(failure: UpstreamError) -> tuple[int, dict[str, str]]:
+    """The status and body that answer a request the upstream failed before its response began."""
+    if isinstance(failure, UpstreamTimeout):
+        return 504, {"error": "upstream_timeout", "detail": "the upstream did not answer in time"}
+    return 502, {"error": "bad_gateway", "detail": "the upstream cannot be reached"}
+
+
+def dropped_header(name: bytes) -> bool:
+    """Whether a client's header ``name`` (lower case) never reaches the upstream, however it is spelled."""
+    normal = name.replace(b"_", b"-")
+    return normal in _DROPPED_REQUEST or normal.startswith(_DROPPED_PREFIXES)
+
+
+def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(part.strip().lower() for part in value.split(b","))
+    return named
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request body was being forwarded."""
+
+
+class _ClientTooSlow(Exception):
+    """The client paused longer than ``client_body_timeout`` in the middle of its body."""
+
+
+class _BodyTooLarge(Exception):
+    """The streamed body went past ``max_request_body``."""
+
+
+class _SendStalled(Exception):
+    """The client did not accept a piece of the response within ``send_timeout``."""
+
+
+class Forwarder:
+    """Sends decided requests upstream and streams the answers back."""
+
+    def __init__(self, settings: Settings, trust: ProxyTrust) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.pool = UpstreamPool(
+            max_connections=settings.upstream_max_connections,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        self.origins = {p: Origin.from_url(settings.upstream_for(p)) for p in settings.protocols}
+        self.latency = Histogram()  # until the upstream's response headers
+        self.errors: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        """Nothing to open ahead: connections are made on first use and kept."""
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    def request_head(
+        self, scope: Scope, head: RequestHead, principal: Principal | None, origin: Origin, raw_path: bytes
+    ) -> bytes:
+        """The request line and headers the upstream receives, built from what the client sent."""
+        received: list[tuple[bytes, bytes]] = scope["headers"]
+        kept_headers: list[tuple[bytes, bytes]] = []
+        forwarded: dict[bytes, bytes] = {}
+        host: bytes | None = None
+        named: set[bytes] | None = None
+        for name, value in received:
+            if name == b"host":
+                host = value
+            elif name in _KEPT_FORWARDED:
+                forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
+            elif name == b"connection" and named is None:
+                named = _connection_named(received)  # every Connection header at once
+            if not dropped_header(name):
+                kept_headers.append((name, value))
+        if named:
+            kept_headers = [(name, value) for name, value in kept_headers if name not in named]
+        query = head.query
+        lines = [
+            head.method.encode("ascii"),
+            b" ",
+            origin.prefix,
+            raw_path,
+            b"?" + query if query else b"",
+            b" HTTP/1.1\r\nhost: ",
+            origin.host_header,
+            b"\r\n",
+        ]
+        for name, value in kept_headers:
+            lines += (name, b": ", value, b"\r\n")
+        client = scope.get("client")
+        for name, value in forwarded_headers(
+            self.trust, client[0] if client else None, scope.get("scheme", "http"), host, forwarded
+        ):
+            lines += (name, b": ", value, b"\r\n")
+        if principal is not None:
+            org, label = principal.org.encode("ascii"), principal.label.encode("ascii")  # slugs (decision/names.py)
+            lines += (b"x-fluxauth-org: ", org, b"\r\nx-fluxauth-principal: ", label)
+        else:
+            lines.append(b"x-fluxauth-principal: anonymous")
+        if origin.authorization is not None:  # fluxauth's own credentials to the upstream, from its URL
+            lines += (b"\r\nauthorization: ", origin.authorization)
+        length = head.body_length
+        if length is not None:
+            if length or head.method not in _BODILESS:
+                lines += (b"\r\ncontent-length: ", str(length).encode("ascii"))
+        elif head.transfer_encoding:
+            lines.append(b"\r\ntransfer-encoding: chunked")
+        lines.append(b"\r\n\r\n")
+        return b"".join(lines)
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        protocol: str,
+        raw_path: bytes,
+        principal: Principal | None,
+        extra_headers: Headers,
+        head: RequestHead | None = None,
+    ) -> None:
+        """Forward one request and stream the response; answer 502/504 if the upstream fails first.
+
+        ``head`` is the request as the gate checked it (its framing); built from
+        ``scope`` when not given.
+        """
+        if head is None:
+            head = RequestHead.from_scope(scope)
+        origin = self.origins[protocol]
+        body = None
+        if head.has_body:
+            body = _BodyReader(
+                receive, limit=self.settings.max_request_body, idle_timeout=self.settings.client_body_timeout
+            )
+        sent_at = time.perf_counter()
+        try:
+            upstream = await self.pool.send(
+                origin,
+                self.request_head(scope, head, principal, origin, raw_path),
+                None if body is None else body.chunks(),
+                chunked=head.body_length is None,
+                head_only=head.method == "HEAD",
+            )
+        except UpstreamError as exc:
+            if body is not None and body.failure is not None:  # the client's body broke off, not the upstream
+                await self._client_failed(send, body.failure, extra_headers)
+                return
+            self.errors[exc.kind] += 1
+            await send_json(send, *upstream_refusal(exc), extra_headers)
+            return
+        self.latency.observe(time.perf_counter() - sent_at)
+        try:
+            headers = upstream_response_headers(upstream.headers, private=principal is not None) + extra_headers
+            await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
+        except UpstreamError as exc:
+            # The head went out already: the server closes the connection and
+            # the client sees a truncated body. A client whose own body broke
+            # off is no failure of the upstream's.
+            if body is None or body.failure is None:
+                self.errors[exc.kind] += 1
+                log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
+        except _SendStalled:
+            self.errors["client_stalled"] += 1
+            log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)
+        finally:
+            self.pool.release(upstream)
+
+    async def _relay(self, send: Send, upstream: Connection, headers: Headers, *, head_only: bool) -> None:
+        """The response to the client, piece by piece as it arrives; a client that stops reading is dropped."""
+        watch = _SendWatch(self.settings.send_timeout)
+        try:
+            await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
+            if head_only:
+                await watch.send(send, {"type": "http.response.body", "body": b""})
+                return
+            while True:
+                chunk = await upstream.read()
+                if not chunk:
+                    await watch.send(send, {"type": "http.response.body", "body": b""})
+                    return
+                # A body that is whole already goes out in one piece (a tile, usually).
+                more = not upstream.complete
+                await watch.send(send, {"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+        finally:
+            watch.close()
+
+    async def _client_failed(self, send: Send, failure: Exception, extra_headers: Headers) -> None:
+        """The client, not the upstream, broke off the request: answer it if it can still hear."""
+        if isinstance(failure, _ClientGone):
+            return
+        if isinstance(failure, _BodyTooLarge):
+            self.errors["body_too_large"] += 1
+            status, error = 413, "too_large"
+            detail = f"the request body is larger than {self.settings.max_request_body} bytes"
+        else:
+            self.errors["client_timeout"] += 1
+            status, error = 408, "request_timeout"
+            detail = f"the request body paused for more than {self.settings.client_body_timeout} s"
+        await send_json(send, status, {"error": error, "detail": detail}, [*extra_headers, (b"connection", b"close")])
+
+
+class _SendWatch:
+    """``send``, but a client that leaves one piece of the response unread for ``timeout`` is dropped (slow read).
+
+    One timer per response, not one per piece: it looks at the piece being
+    sent when it fires and is set again for that piece's own deadline.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timeout = timeout
+        self._since: float | None = None  # when the piece being sent began; None between pieces
+        self._fired = False
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    async def send(self, send: Send, message: Message) -> None:
+        self._since = self._loop.time()
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            assert self._task is not None
+            self._task.uncancel()
+            raise _SendStalled from None
+        finally:
+            self._since = None
+
+    def _check(self) -> None:
+        since = self._since
+        now = self._loop.time()
+        if since is not None and now - since >= self._timeout and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_later(
+            self._timeout if since is None else since + self._timeout - now, self._check
+        )
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+class _BodyReader:
+    """The client's body as an async iterator for the upstream, with a size limit and an idle timeout.
+
+    What ends it early is also kept in ``failure``: the upstream's side sees
+    only a connection broken off, and ``Forwarder.forward`` answers the client
+    with the reason.
+    """
+
+    def __init__(self, receive: Receive, *, limit: int, idle_timeout: float) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._idle_timeout = idle_timeout
+        self.failure: Exception | None = None
+        self.received = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    message = await self._receive()
+            except TimeoutError:
+                self.failure = _ClientTooSlow()
+                raise self.failure from None
+            if message["type"] == "http.disconnect":
+                self.failure = _ClientGone()
+                raise self.failure
+            body = message.get("body", b"")
+            self.received += len(body)
+            if self._limit and self.received > self._limit:
+                self.failure = _BodyTooLarge()
+                raise self.failure
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                return
+
+
+def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
+    """The upstream's response headers (names in lower case) without hop-by-hop ones, nor its ``Date``.
+
+    The server fluxauth runs on sends its own ``Date`` with every response
+    (uvicorn's default headers); the upstream's beside it made two, which a
+    field defined once (RFC 9110 §6.6.1) must not be.
+
+    ``private``: the request was authenticated, so the answer is for that key
+    alone. An upstream's ``public`` or ``s-maxage`` would let a shared cache in
+    front of fluxauth serve it to anyone (RFC 9111 §3.5); they are replaced by
+    ``private``.
+    """
+    named = _connection_named(raw)
+    headers = [(name, value) for name, value in raw if name not in _NOT_RELAYED and name not in named]
+    if not private:
+        return headers
+    directives: list[bytes] = []
+    kept = []
+    for name, value in headers:
+        if name == b"cache-control":
+            directives += [part.strip() for part in value.split(b",") if part.strip()]
+        else:
+            kept.append((name, value))
+    directives = [d for d in directives if d.lower() != b"public" and not d.lower().startswith(b"s-maxage")]
+    if not any(d.lower() in (b"private", b"no-store") for d in directives):
+        directives.insert(0, b"private")
+    kept.append((b"cache-control", b", ".join(directives)))
+    return kept

@@ -1,0 +1,53 @@
+"""Answers that fluxauth gives itself: refusals as short JSON, preflights, internal endpoints."""
+
+from __future__ import annotations
+
+import json
+
+from fluxauth.decision.policy import Decision
+from fluxauth.types import Headers, Send
+
+# RFC 7617 §2.1: the charset parameter tells clients to send UTF-8.
+CHALLENGE = (b"www-authenticate", b'Basic realm="fluxauth", charset="UTF-8"')
+
+
+def own_headers(body: bytes, content_type: bytes) -> Headers:
+    """The headers of every answer fluxauth gives itself: type, length, never to be stored."""
+    return [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+    ]
+
+
+def json_body(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: Headers, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": own_headers(body, content_type) + headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, payload: object, headers: Headers = ()) -> None:  # type: ignore[assignment]
+    await send_response(send, status, json_body(payload), list(headers), b"application/json")
+
+
+def refusal_headers(decision: Decision) -> Headers:
+    """The headers that go with a refusal: the Basic challenge, Retry-After."""
+    headers: Headers = []
+    if decision.status == 401:
+        headers.append(CHALLENGE)
+    if decision.retry_after is not None:
+        headers.append((b"retry-after", str(decision.retry_after).encode("ascii")))
+    return headers
+
+
+async def send_refusal(send: Send, decision: Decision, extra: Headers) -> None:
+    """A refusal: ``{"error": ..., "detail": ...}``, never echoing what the client sent."""
+    await send_json(
+        send,
+        decision.status,
+        {"error": decision.error, "detail": decision.detail},
+        refusal_headers(decision) + extra,
+    )

@@ -1,0 +1,295 @@
+"""The hot path without ASGI: a request that memory alone decides, relayed straight between two connections.
+
+``fluxauth serve``'s protocol (``fluxauth/server/protocol.py``) offers each request it is
+about to run as an ASGI task to ``HotPath.serve`` first. A GET or HEAD
+without a body, whose decision needs neither the store, Redis nor argon2
+(``Gate.decide_now``: the org's policy and the credential are cached) and
+that is allowed, is answered here, from protocol callbacks:
+
+- forwarded: the upstream request (``Forwarder.request_head``: the bytes the
+  ASGI path sends) goes out on an idle pooled connection, and the response is
+  relayed as it arrives through the same header filter
+  (``upstream_response_headers``), its head and first body bytes in one write;
+- forward-auth (``/_fluxauth/auth``): the 200 with the identity headers
+  (``forward_auth.allowed_now``).
+
+Everything else runs the ASGI app as before: refusals, uncached credentials,
+bodies, internal endpoints, no idle upstream connection, an access log to
+write, and a request whose reused upstream connection turned out closed
+before any byte of an answer (the ASGI path sends it again on a new one).
+What this saves per request, against the ASGI path: a task, the scope's
+messages, uvicorn's per-header checks, the relay's coroutines, and one
+write to the client. The limits are the same: ``upstream_read_timeout`` on
+the upstream, ``send_timeout`` on a client that stops reading (the upstream
+is paused meanwhile, so nothing piles up in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from fluxauth.decision.policy import Outcome
+from fluxauth.decision.request import RequestHead
+from fluxauth.errors import UpstreamBroken, UpstreamError
+from fluxauth.proxy import forward_auth
+from fluxauth.proxy.app import DECISION, FluxAuthApp
+from fluxauth.proxy.forward import upstream_refusal, upstream_response_headers
+from fluxauth.proxy.responses import json_body, own_headers
+from fluxauth.types import Headers
+from fluxauth.upstream.pool import Connection
+
+if TYPE_CHECKING:
+    from fluxauth.server.protocol import LimitedHttpToolsProtocol
+
+log = logging.getLogger("fluxauth.forward")
+
+AUTH_PATH = b"/_fluxauth/auth"
+_NO_BODY = frozenset({204, 304})
+
+
+class HotPath:
+    """The hot path of one ``FluxAuthApp``, shared by all its connections."""
+
+    def __init__(self, app: FluxAuthApp) -> None:
+        self.app = app
+        self.gate = app.gate
+        self.forwarder = app.forwarder
+        self.pool = app.forwarder.pool
+        self.send_timeout = app.settings.send_timeout
+
+    def serve(self, protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> bool:
+        """Answer ``cycle``'s request here if it is on the hot path; ``False`` leaves it to the ASGI app."""
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return False
+        raw_path = scope["raw_path"]
+        if raw_path == AUTH_PATH:
+            # As on the ASGI path, a body (which proxies do not send) is not read.
+            headers = forward_auth.allowed_now(self.gate, scope)
+            if headers is None:
+                return False
+            self.app.outcomes[200] += 1
+            self.app.hot_path["auth"] += 1
+            respond(protocol, cycle, 200, own_headers(b"", b"text/plain") + headers, b"")
+            return True
+        client = scope["client"]
+        head = RequestHead(method, raw_path, scope["query_string"], peer=client[0] if client else None)
+        head.add_headers(scope["headers"])
+        if head.has_body:
+            return False
+        decision = self.gate.decide_now(head)
+        if decision is None or decision.outcome is not Outcome.FORWARD:
+            return False
+        assert decision.target is not None
+        target = decision.target
+        origin = self.forwarder.origins[target.protocol]
+        upstream = self.pool.take_idle(origin)
+        if upstream is None:
+            scope[DECISION] = decision
+            return False
+        self.app.outcomes[200] += 1
+        self.app.hot_path["forward"] += 1
+        splice = Splice(
+            self,
+            protocol,
+            cycle,
+            upstream,
+            private=decision.principal is not None,
+            extra=self.gate.cors.response_headers(head.origin),
+        )
+        protocol.splice = splice
+        request = self.forwarder.request_head(scope, head, decision.principal, origin, target.raw_path)
+        self.pool.send_to(upstream, request, splice, head_only=method == "HEAD")
+        scope[DECISION] = decision  # for the ASGI app, should the upstream connection turn out closed
+        return True
+
+
+_hot_paths: weakref.WeakKeyDictionary[FluxAuthApp, HotPath] = weakref.WeakKeyDictionary()
+
+
+def hot_path_of(app: object) -> HotPath | None:
+    """The hot path of the ``FluxAuthApp`` that uvicorn serves, or ``None`` (the middleware, another app)."""
+    if not isinstance(app, FluxAuthApp):
+        return None
+    hot = _hot_paths.get(app)
+    if hot is None:
+        hot = _hot_paths[app] = HotPath(app)
+    return hot
+
+
+def respond(
+    protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle, status: int, headers: Headers, body: bytes
+) -> None:
+    """Write a whole answer of fluxauth's own and end the request, as uvicorn's ``send`` would."""
+    protocol.transport.write(_head(protocol, cycle, status, headers) + body)
+    _complete(protocol, cycle)
+
+
+def _head(protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle, status: int, headers: Headers) -> bytes:
+    lines = [STATUS_LINE[status]]
+    for name, value in protocol.server_state.default_headers:
+        lines += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    cycle.response_started = True
+    return b"".join(lines)
+
+
+def _complete(protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        protocol.transport.close()
+    if protocol.pipeline:
+        # The next request may take the upstream connection just released,
+        # whose callback this still is: start it afresh from the loop.
+        protocol.loop.call_soon(cycle.on_response)
+    else:
+        cycle.on_response()
+
+
+class Splice:
+    """One response relayed from an upstream connection to the client's, with the backpressure of the slower side."""
+
+    __slots__ = (
+        "_chunked",
+        "_cycle",
+        "_extra",
+        "_hot",
+        "_pending",
+        "_private",
+        "_protocol",
+        "_sent_at",
+        "_stall_timer",
+        "_transport",
+        "_upstream",
+        "_written",
+    )
+
+    def __init__(
+        self,
+        hot: HotPath,
+        protocol: LimitedHttpToolsProtocol,
+        cycle: RequestResponseCycle,
+        upstream: Connection,
+        *,
+        private: bool,
+        extra: Headers,
+    ) -> None:
+        self._hot = hot
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._cycle = cycle
+        self._upstream = upstream
+        self._private = private
+        self._extra = extra
+        self._chunked = False
+        self._pending: bytes | None = None  # the response head, until it can leave with the first body bytes
+        self._written = False  # something went to the client
+        self._sent_at = time.perf_counter()
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    # -- the upstream's side (upstream.Sink) ----------------------------------
+
+    def upstream_head(self, connection: Connection) -> None:
+        self._hot.forwarder.latency.observe(time.perf_counter() - self._sent_at)
+        status = connection.status
+        headers = upstream_response_headers(connection.headers, private=self._private) + self._extra
+        # Framing of our own towards the client, as uvicorn's send does: the
+        # upstream's length if it gave one, else chunked (the upstream's chunks
+        # arrive decoded; a body that ends with the connection gets one too).
+        has_length = any(name == b"content-length" for name, _ in headers)
+        if not has_length and self._cycle.scope["method"] != "HEAD" and status not in _NO_BODY:
+            self._chunked = True
+            headers.append((b"transfer-encoding", b"chunked"))
+        self._pending = _head(self._protocol, self._cycle, status, headers)
+
+    def upstream_body(self, data: bytes) -> None:
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._transport.writelines((pending, data))  # one system call where the transport can
+        else:
+            self._transport.write(data)
+        self._written = True
+
+    def upstream_end(self) -> None:
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        if self._pending is not None:
+            tail = self._pending + tail
+            self._pending = None
+        if tail:
+            self._transport.write(tail)
+        self._written = True
+        self._finish()
+        _complete(self._protocol, self._cycle)
+
+    def upstream_failed(self, failure: UpstreamError) -> None:
+        hot = self._hot
+        if self._written:
+            # The head went out already: the connection is closed and the
+            # client sees a truncated body, as on the ASGI path.
+            hot.forwarder.errors[failure.kind] += 1
+            log.warning("upstream failed mid-response: %s", type(failure).__name__)
+            self._finish()
+            self._transport.close()
+            return
+        self._finish()
+        if isinstance(failure, UpstreamBroken) and not self._upstream.started:
+            # A reused connection that the upstream had closed: nothing was
+            # answered, so the ASGI path sends the request again (on a new one).
+            hot.app.outcomes[200] -= 1  # counted again there
+            hot.app.hot_path["forward"] -= 1
+            hot.app.hot_path["handed_back"] += 1
+            self._protocol.run_asgi(self._cycle)
+            return
+        hot.forwarder.errors[failure.kind] += 1
+        status, payload = upstream_refusal(failure)
+        body = json_body(payload)
+        respond(self._protocol, self._cycle, status, own_headers(body, b"application/json") + self._extra, body)
+
+    # -- the client's side (called by the protocol) ----------------------------
+
+    def client_paused(self) -> None:
+        """The client's send buffer is full: stop reading the upstream, and give the client ``send_timeout``."""
+        self._upstream.pause_reading()
+        if self._stall_timer is None:
+            self._stall_timer = self._protocol.loop.call_later(self._hot.send_timeout, self._client_stalled)
+
+    def client_resumed(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._upstream.resume_reading()
+
+    def client_lost(self) -> None:
+        """The client went away: the upstream connection, with a response half read, is not reused."""
+        self._finish()
+
+    def _client_stalled(self) -> None:
+        self._stall_timer = None
+        self._hot.forwarder.errors["client_stalled"] += 1
+        log.info("client left the response unread for %s s; disconnected", self._hot.send_timeout)
+        self._finish()
+        self._transport.abort()
+
+    def _finish(self) -> None:
+        if self._protocol.splice is not self:
+            return
+        self._protocol.splice = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._hot.pool.release(self._upstream)

@@ -1,0 +1,62 @@
+"""``fluxauth demo`` as a new user runs it: the printed curl line fetches a real tile."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fluxauth.demo.upstream import decode_png_pixel
+from tests.support.servers import free_port
+
+
+def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
+    """The demo starts both servers and the curl line it prints returns a PNG; without the key, 401."""
+    port, upstream_port = free_port(), free_port()
+    env = {**os.environ, "FLUXAUTH_ARGON2_PROFILE": "cheapest"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fluxauth", "demo", "--port", str(port), "--upstream-port", str(upstream_port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        curl_line = None
+        while curl_line is None:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+            if line.strip().startswith("curl -fsS -u demo:"):
+                curl_line = line.strip()
+        while f"Uvicorn running on http://127.0.0.1:{port}" not in "".join(lines):
+            lines.append(process.stdout.readline())
+            assert time.monotonic() < deadline, "".join(lines)
+        output = tmp_path / "tile.png"
+        argv = shlex.split(curl_line.replace("-o tile.png", f"-o {output}"))
+        subprocess.run(argv, check=True, timeout=30)
+        png = output.read_bytes()
+        assert png.startswith(b"\x89PNG")
+        assert decode_png_pixel(png, 128, 128) != (0, 0, 0)
+        url = re.search(r"http://\S+", curl_line)
+        assert url is not None
+        refused = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url.group(0)], capture_output=True, text=True
+        )
+        assert refused.stdout == "401"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

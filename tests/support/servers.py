@@ -1,0 +1,123 @@
+"""Real servers for tests: uvicorn on ephemeral loopback ports, each in a thread of its own.
+
+In a thread rather than a subprocess where a test must reach inside (inject a
+clock, read counters, poll the change feed); the server is the same uvicorn
+with httptools that ``fluxauth serve`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+import uvloop
+
+from fluxauth.proxy.app import FluxAuthApp
+from fluxauth.server.protocol import LimitedHttpToolsProtocol
+
+T = TypeVar("T")
+
+# The Redis database the tests use on 127.0.0.1:6379 (flushed by the tests that
+# use it): a number of its own per checkout, so that suites run side by side
+# in several checkouts do not flush each other's (FLUXAUTH_TEST_REDIS_DB).
+REDIS_DB = int(os.environ.get("FLUXAUTH_TEST_REDIS_DB", "13"))
+
+
+def redis_url(*, password: str | None = None) -> str:
+    """The URL of the tests' Redis database, with ``password`` for the user ``default`` if given."""
+    userinfo = f"default:{password}@" if password else ""
+    return f"redis://{userinfo}127.0.0.1:6379/{REDIS_DB}"
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 on a port of its own."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self.app = app
+        self._sock = free_socket()
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "on",
+            "http": "httptools",
+            "proxy_headers": False,
+            "access_log": False,
+        }
+        if isinstance(app, FluxAuthApp):
+            # What ``fluxauth serve`` runs: its limits, and the hot path (fluxauth/server/hotpath.py).
+            options["http"] = LimitedHttpToolsProtocol
+        options.update(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self._sock])
+
+        # uvloop, as ``fluxauth serve`` runs. (The plain asyncio loop sets
+        # TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which ours is
+        # not; every response would then wait 40 ms for a delayed ACK.)
+        uvloop.run(serve())
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the server's own event loop and return its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=20)
+        self._sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll until ``port`` accepts connections; fail with the server's log if it exits first."""
+    deadline = time.monotonic() + 15
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port} did not open:\n{log.read_text()}") from None
+            time.sleep(0.02)
