@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/fluxauth demo
 
 # What the tests need beyond Python, from Debian and npm (scripts/system-deps.sh):
-# Redis (started if it is not running), nginx, Caddy, wrk, Chromium, GDAL, and
+# Redis and PostgreSQL (each started if it is not running), nginx, Caddy, wrk, Chromium, GDAL, and
 # maplibre-gl + playwright-core for the browser test.
 system-deps:
 	@scripts/system-deps.sh

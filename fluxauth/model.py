@@ -42,6 +42,7 @@ class TokenRecord:
     hash: str
     created_at: float
     not_after: float | None  # end of the grace period once rotated out
+    rotated_at: float | None = None  # when the key was rotated away from it (the grace's start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,23 @@ class Change:
     org: str
     key_name: str | None
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry of an org's audit log: who did what to which target, and how it ended.
+
+    ``actor`` is ``cli`` or the acting principal (``name@org``); ``client`` the
+    address an API call came from. Never a secret or a hash: ``detail`` is a
+    short human-readable note (``"grace 2h"``). ``seq`` is given by the store.
+    """
+
+    at: float
+    org: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    client: str | None = None
+    detail: str = ""
+    seq: int = 0

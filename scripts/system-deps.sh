@@ -11,6 +11,10 @@ command -v wrk >/dev/null || need+=(wrk)
 # The tests of real clients: a web map in Chromium, GDAL's tile reader.
 command -v chromium >/dev/null || need+=(chromium)
 command -v gdal_translate >/dev/null || need+=(gdal-bin)
+# The PostgreSQL store's tests: a server on 127.0.0.1:5432, and initdb/pg_ctl for
+# the fault tests' servers of their own (psycopg's wheel brings its own libpq).
+pg_bin=/usr/lib/postgresql/15/bin
+[ -x "$pg_bin/initdb" ] || need+=(postgresql-15)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -30,6 +34,22 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/fluxauth-test-redis.log"
   for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+fi
+
+# The tests use the PostgreSQL on 127.0.0.1:5432 (user postgres, trust), each
+# session a database of its own. Where none answers, start one of our own.
+if ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  pg_data="${TMPDIR:-/tmp}/fluxauth-test-postgres"
+  as_postgres=()
+  [ "$(id -u)" = 0 ] && as_postgres=(runuser -u postgres --)
+  echo "system-deps: starting PostgreSQL on 127.0.0.1:5432 ($pg_data)" >&2
+  if [ ! -s "$pg_data/PG_VERSION" ]; then
+    mkdir -p "$pg_data"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_data"
+    "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w start \
+    -o "-p 5432 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_data" >/dev/null
 fi
 
 # The browser tests drive Debian's Chromium with playwright-core, which never

@@ -22,6 +22,9 @@ from tests.support.servers import ServerThread
 if TYPE_CHECKING:
     from tests.support.clients import Stack
 
+# PostgreSQL: the session's own database (pg_database, pg_url) and servers of a test's own (pg_server).
+pytest_plugins = ("tests.support.postgres",)
+
 # One client for quick one-off requests: httpx.get() builds a whole Client,
 # SSL context included, for every call (tens of milliseconds each).
 http = httpx.Client(timeout=10)

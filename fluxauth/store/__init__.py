@@ -1,11 +1,14 @@
-"""The store: orgs, compute services, repo settings, keys, tokens and the change feed.
+"""The store: orgs, compute services, repo settings, keys, tokens, the change feed and the audit log.
 
-``base`` says what a backend must do; ``sqlite`` is the embedded default.
-Store methods are synchronous and quick; the server calls them off the event
-loop (``fluxauth.auth.gate.AsyncStore``).
+``base`` says what a store does and opens one from a URL; ``sql`` does it, once,
+for both databases; ``sqlite`` (the embedded default) and ``postgres`` hold
+what differs between them; ``schema`` the versioned migrations; ``copy`` moves
+a whole store from one database to another. Store methods are synchronous and
+quick; the server calls them off the event loop (``aio.AsyncStore``).
 """
 
 from fluxauth.model import (
+    AuditEvent,
     Change,
     Credential,
     KeyRecord,
@@ -14,10 +17,12 @@ from fluxauth.model import (
     TokenRecord,
     Visibility,
 )
-from fluxauth.store.base import Store, open_store
+from fluxauth.store.base import ChangeListener, Store, open_store
 
 __all__ = [
+    "AuditEvent",
     "Change",
+    "ChangeListener",
     "Credential",
     "KeyRecord",
     "OrgPolicy",

@@ -1,12 +1,19 @@
-"""What a store backend provides. ``SQLiteStore`` is the embedded default."""
+"""What a store provides, and ``open_store``, which picks the database from the URL.
+
+Both databases are served by one implementation (``fluxauth.store.sql``):
+``sqlite:///PATH`` (or a plain path), the embedded default, and
+``postgresql://`` / ``postgres://`` for replicas on several hosts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from fluxauth.errors import ConfigError
 from fluxauth.model import (
+    AuditEvent,
     Change,
     Credential,
     KeyRecord,
@@ -17,42 +24,69 @@ from fluxauth.model import (
     Visibility,
 )
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SUPPORTED = "sqlite:///PATH, a file path, postgresql://HOST/DB or postgres://HOST/DB"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_POOL_SIZE = 4
+
+
+class ChangeListener(Protocol):
+    """Wake-ups sent with every change (PostgreSQL ``LISTEN``), for servers to read the feed at once."""
+
+    async def follow(self, on_notice: Callable[[], Awaitable[object]]) -> None:
+        """Call ``on_notice`` for every wake-up, and each time listening starts or starts again.
+
+        Runs until cancelled, reconnecting by itself; a wake-up missed while
+        disconnected is made up for by the call on reconnection.
+        """
+        ...
+
 
 class Store(Protocol):
     """A backend. Every mutation appends a ``Change`` in the same transaction.
 
     Methods raise ``NotFound`` / ``Conflict`` for bad references and
-    ``StoreUnavailable`` when the backend cannot be reached.
+    ``StoreUnavailable`` when the backend cannot be reached. A mutation's
+    ``audit`` event, when given, is written in the mutation's transaction.
     """
+
+    @property
+    def where(self) -> str:
+        """The store, named for messages: never with a password."""
+        ...
 
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
+    def listener(self) -> ChangeListener | None:
+        """Wake-ups for changes, where the database sends them (``None``: poll the feed alone)."""
+        ...
+
     def cache_secret(self) -> bytes:
         """A random secret made once per store, shared by every replica using it."""
         ...
 
-    def create_org(self, org: str, now: float) -> None: ...
+    def create_org(self, org: str, now: float, *, audit: AuditEvent | None = None) -> None: ...
 
     def org_exists(self, org: str) -> bool: ...
 
-    def set_service(self, org: str, protocol: str, *, enabled: bool, is_public: bool, now: float) -> None: ...
+    def set_service(
+        self, org: str, protocol: str, *, enabled: bool, is_public: bool, now: float, audit: AuditEvent | None = None
+    ) -> None: ...
 
     def list_services(self, org: str) -> Sequence[ServiceRecord]: ...
 
-    def set_repo_visibility(self, org: str, repo: str, visibility: Visibility, now: float) -> None: ...
+    def set_repo_visibility(
+        self, org: str, repo: str, visibility: Visibility, now: float, *, audit: AuditEvent | None = None
+    ) -> None: ...
 
     def org_policy(self, org: str) -> OrgPolicy | None:
         """Services and repo visibilities of ``org``, or ``None`` if there is no such org."""
         ...
 
     def create_key(
-        self,
-        key: KeyRecord,
-        token_id: str,
-        token_hash: str,
-        now: float,
+        self, key: KeyRecord, token_id: str, token_hash: str, now: float, *, audit: AuditEvent | None = None
     ) -> None: ...
 
     def get_key(self, org: str, name: str) -> KeyRecord: ...
@@ -69,8 +103,15 @@ class Store(Protocol):
         grace_end: float,
         expires_at: float,
         now: float,
+        audit: AuditEvent | None = None,
     ) -> None:
         """Add a token; tokens that were still valid end at ``grace_end``."""
+        ...
+
+    def end_grace(
+        self, org: str, name: str, token_id: str, not_after: float, now: float, *, audit: AuditEvent | None = None
+    ) -> None:
+        """End a rotated-out token's grace, or move its end (NotFound: not that key's; InputError: not rotated out)."""
         ...
 
     def set_permissions(
@@ -80,9 +121,11 @@ class Store(Protocol):
         permissions: frozenset[Permission],
         repo_grants: Mapping[str, RepoAccess],
         now: float,
+        *,
+        audit: AuditEvent | None = None,
     ) -> None: ...
 
-    def delete_key(self, org: str, name: str, now: float) -> None: ...
+    def delete_key(self, org: str, name: str, now: float, *, audit: AuditEvent | None = None) -> None: ...
 
     def get_credential(self, token_id: str) -> Credential | None: ...
 
@@ -94,13 +137,50 @@ class Store(Protocol):
 
     def last_change(self) -> int: ...
 
+    def append_audit(self, event: AuditEvent) -> AuditEvent:
+        """Record an event of its own (a refused attempt); returns it with its ``seq``."""
+        ...
 
-def open_store(url: str) -> Store:
-    """Open the store that ``url`` names: ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a path."""
-    from fluxauth.store.sqlite import SQLiteStore
+    def list_audit(
+        self,
+        org: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        actor: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        """An org's events, newest first; ``before_seq`` pages on."""
+        ...
 
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+
+def scheme(url: str) -> str | None:
+    """The scheme of a store URL, lower case; ``None`` for a plain file path."""
+    if "://" not in url:
+        return None
+    return urlsplit(url).scheme.lower() or url.partition("://")[0].lower()
+
+
+def open_store(url: str, *, timeout: float = DEFAULT_TIMEOUT, pool_size: int = DEFAULT_POOL_SIZE) -> Store:
+    """Open the store that ``url`` names, creating or upgrading its schema.
+
+    ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a path; or
+    ``postgresql://[user[:password]@]host[:port]/db[?libpq params]`` (also
+    ``postgres://``), with at most ``pool_size`` connections, each operation
+    bounded by ``timeout`` seconds. Errors never show a password.
+    """
+    kind = scheme(url)
+    if kind in POSTGRES_SCHEMES:
+        from fluxauth.store.postgres import PostgresStore
+
+        return PostgresStore(url, timeout=timeout, pool_size=pool_size)
+    if kind not in (None, "sqlite"):
+        raise ConfigError(f"store: unsupported store URL scheme {kind!r} (supported: {SUPPORTED})")
+    path = url.removeprefix("sqlite:///") if kind == "sqlite" and url.startswith("sqlite:///") else url
     if "://" in path or not path:
         # An empty path would open a private temporary database that vanishes on close.
-        raise ConfigError(f"store: unsupported store URL {url!r} (use sqlite:///PATH or a file path)")
+        raise ConfigError(f"store: unsupported store URL, a SQLite store is sqlite:///PATH (supported: {SUPPORTED})")
+    from fluxauth.store.sqlite import SQLiteStore
+
     return SQLiteStore(path)

@@ -347,7 +347,7 @@ def test_app_readyz_503_when_store_is_gone(store_path: str, proxy_factory: Proxy
     """readyz answers 503 when the store cannot be opened."""
     broken = dataclasses.replace(settings, store=store_path)
     proxy = proxy_factory(broken)
-    proxy.app.gate.store.store.path = "/nonexistent/dir/store.db"  # type: ignore[union-attr, attr-defined]
+    proxy.app.gate.store.store._backend.path = "/nonexistent/dir/store.db"  # type: ignore[union-attr, attr-defined]
     proxy.app.gate.store.store.close()  # type: ignore[union-attr]
     with httpx.Client(base_url=proxy.url) as client:
         assert client.get("/_fluxauth/readyz").status_code == 503

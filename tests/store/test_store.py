@@ -1,19 +1,25 @@
-"""Tests for the embedded SQLite store: schema, records, rotation, the change feed, sharing one file."""
+"""Tests of the store on both databases: records, rotation, grace, the change feed, audit, sharing a store.
+
+Every test runs on SQLite and on PostgreSQL (a schema of the test's own in the
+session's database: tests/postgres.py).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fluxauth.errors import ConfigError, Conflict, NotFound, StoreError, StoreUnavailable
-from fluxauth.model import Change, KeyRecord, Permission, RepoAccess
+from fluxauth.errors import Conflict, InputError, NotFound
+from fluxauth.model import AuditEvent, Change, KeyRecord, Permission, RepoAccess
 from fluxauth.store import open_store
-from fluxauth.store.sqlite import MIGRATIONS, SQLiteStore
+from fluxauth.store.sql import SQLStore, Transaction
+from tests.support.postgres import pg_rows
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -39,9 +45,17 @@ def key_record(
     )
 
 
-def raw(path: str, sql: str) -> list[Any]:
+def opened(url: str) -> SQLStore:
+    store = open_store(url)
+    assert isinstance(store, SQLStore)
+    return store
+
+
+def raw(url: str, sql: str) -> list[Any]:
     """Rows of ``sql`` read over a connection of its own, as another process would see them."""
-    conn = sqlite3.connect(path)
+    if url.startswith("postgresql://"):
+        return pg_rows(url, sql)
+    conn = sqlite3.connect(url)
     try:
         return conn.execute(sql).fetchall()
     finally:
@@ -49,94 +63,31 @@ def raw(path: str, sql: str) -> list[Any]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
-    return str(tmp_path / "store.db")
-
-
-@pytest.fixture
-def store(db_path: str) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(db_path)
+def store(store_url: str) -> Iterator[SQLStore]:
+    store = opened(store_url)
     yield store
     store.close()
 
 
 @pytest.fixture
-def acme(store: SQLiteStore) -> SQLiteStore:
+def acme(store: SQLStore) -> SQLStore:
     """The store with org ``acme`` and key ``ci@acme`` (token ``t1``)."""
     store.create_org("acme", NOW)
     store.create_key(key_record(), "t1", "hash-1", NOW)
     return store
 
 
-# -- schema ------------------------------------------------------------------
-
-
-def test_migrate_fresh_file_at_latest_version(store: SQLiteStore, db_path: str) -> None:
-    """A new file is migrated to the last entry of MIGRATIONS."""
-    assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-
-
-def test_migrate_reopen_idempotent(acme: SQLiteStore, db_path: str) -> None:
-    """Opening an up-to-date file again changes neither the schema version nor the data."""
-    before = acme.changes_since(0)
-    acme.close()
-    for _ in range(2):
-        again = SQLiteStore(db_path)
-        assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-        assert again.changes_since(0) == before
-        assert again.get_key("acme", "ci").tokens[0].token_id == "t1"
-        again.close()
-
-
-def test_migrate_wal_mode_on(store: SQLiteStore, db_path: str) -> None:
-    """The file is in WAL mode, so that readers and the one writer do not block each other."""
-    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-
-
-def test_migrate_newer_schema_refused(db_path: str) -> None:
-    """A file written by a newer fluxauth (higher user_version) is not opened."""
-    SQLiteStore(db_path).close()
-    conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    conn.close()
-    with pytest.raises(StoreError, match="schema version"):
-        SQLiteStore(db_path)
-
-
-def test_open_missing_directory_unavailable(tmp_path: Path) -> None:
-    """A store in a directory that does not exist is unavailable, not silently created."""
-    with pytest.raises(StoreUnavailable, match="does not exist"):
-        SQLiteStore(str(tmp_path / "missing" / "store.db"))
-
-
-@pytest.mark.parametrize("prefix", ["", "sqlite:///"])
-def test_open_store_url_forms(tmp_path: Path, prefix: str) -> None:
-    """``open_store`` takes a plain path or ``sqlite:///PATH`` (absolute with four slashes)."""
-    path = tmp_path / "url.db"
-    store = open_store(prefix + str(path))
-    store.create_org("acme", NOW)
-    store.close()
-    assert SQLiteStore(str(path)).org_exists("acme")
-
-
-@pytest.mark.parametrize("url", ["postgres://db/fluxauth", "sqlite:///", "sqlite://relative.db"])
-def test_open_store_unsupported_url_refused(url: str) -> None:
-    """Other schemes and an empty path (a throw-away database) are configuration errors."""
-    with pytest.raises(ConfigError, match="unsupported store URL"):
-        open_store(url)
-
-
-def test_cache_secret_stable_across_opens(store: SQLiteStore, db_path: str, tmp_path: Path) -> None:
-    """The cache secret is 32 random bytes, made once per file and the same for every opener."""
+def test_cache_secret_stable_across_opens(store: SQLStore, store_url: str, tmp_path: Path) -> None:
+    """The cache secret is 32 random bytes, made once per store and the same for every opener."""
     secret = store.cache_secret()
     assert isinstance(secret, bytes)
     assert len(secret) == 32
     store.close()
-    assert SQLiteStore(db_path).cache_secret() == secret
-    assert SQLiteStore(str(tmp_path / "other.db")).cache_secret() != secret
+    assert opened(store_url).cache_secret() == secret
+    assert opened(str(tmp_path / "other.db")).cache_secret() != secret
 
 
-def test_close_reopens_on_next_use(acme: SQLiteStore) -> None:
+def test_close_reopens_on_next_use(acme: SQLStore) -> None:
     """A closed store reconnects when used again (the CLI and app close it at shutdown)."""
     acme.close()
     assert acme.org_exists("acme")
@@ -146,7 +97,7 @@ def test_close_reopens_on_next_use(acme: SQLiteStore) -> None:
 # -- orgs, services, repos ----------------------------------------------------
 
 
-def test_org_create_exists(store: SQLiteStore) -> None:
+def test_org_create_exists(store: SQLStore) -> None:
     """A created org exists; others do not."""
     assert not store.org_exists("acme")
     store.create_org("acme", NOW)
@@ -154,14 +105,14 @@ def test_org_create_exists(store: SQLiteStore) -> None:
     assert not store.org_exists("other")
 
 
-def test_org_create_twice_conflict(store: SQLiteStore) -> None:
+def test_org_create_twice_conflict(store: SQLStore) -> None:
     """Creating an org that exists raises Conflict."""
     store.create_org("acme", NOW)
     with pytest.raises(Conflict, match="acme"):
         store.create_org("acme", NOW + 1)
 
 
-def test_service_set_upserts_and_lists(store: SQLiteStore) -> None:
+def test_service_set_upserts_and_lists(store: SQLStore) -> None:
     """``set_service`` inserts or updates one (org, protocol); listing is sorted by protocol."""
     store.create_org("acme", NOW)
     store.create_org("other", NOW)
@@ -177,7 +128,7 @@ def test_service_set_upserts_and_lists(store: SQLiteStore) -> None:
     assert store.list_services("other")[0].protocol == "zarr"
 
 
-def test_service_unknown_org_not_found(store: SQLiteStore) -> None:
+def test_service_unknown_org_not_found(store: SQLStore) -> None:
     """Services of an org that does not exist are NotFound, for writing and listing."""
     with pytest.raises(NotFound, match="nope"):
         store.set_service("nope", "tiles", enabled=True, is_public=False, now=NOW)
@@ -185,7 +136,7 @@ def test_service_unknown_org_not_found(store: SQLiteStore) -> None:
         store.list_services("nope")
 
 
-def test_repo_visibility_set_and_update(store: SQLiteStore) -> None:
+def test_repo_visibility_set_and_update(store: SQLStore) -> None:
     """A repo's visibility is set, then changed; repos never set stay private."""
     store.create_org("acme", NOW)
     store.set_repo_visibility("acme", "era5", "public", NOW)
@@ -198,13 +149,13 @@ def test_repo_visibility_set_and_update(store: SQLiteStore) -> None:
     assert policy.visibility("never-set") == "private"
 
 
-def test_repo_visibility_unknown_org_not_found(store: SQLiteStore) -> None:
+def test_repo_visibility_unknown_org_not_found(store: SQLStore) -> None:
     """Setting a visibility in an org that does not exist is NotFound."""
     with pytest.raises(NotFound, match="nope"):
         store.set_repo_visibility("nope", "era5", "public", NOW)
 
 
-def test_org_policy_services_and_repos(store: SQLiteStore) -> None:
+def test_org_policy_services_and_repos(store: SQLStore) -> None:
     """``org_policy`` gathers one org's services and repo visibilities, and nothing of other orgs."""
     store.create_org("acme", NOW)
     store.create_org("other", NOW)
@@ -222,12 +173,12 @@ def test_org_policy_services_and_repos(store: SQLiteStore) -> None:
     assert dict(policy.repos) == {"era5": "public"}
 
 
-def test_org_policy_unknown_org_none(store: SQLiteStore) -> None:
+def test_org_policy_unknown_org_none(store: SQLStore) -> None:
     """An org that does not exist has no policy (None), which the decision turns into 404."""
     assert store.org_policy("nope") is None
 
 
-def test_org_policy_new_org_empty(store: SQLiteStore) -> None:
+def test_org_policy_new_org_empty(store: SQLStore) -> None:
     """A new org has no services and every repo private."""
     store.create_org("acme", NOW)
     policy = store.org_policy("acme")
@@ -239,7 +190,7 @@ def test_org_policy_new_org_empty(store: SQLiteStore) -> None:
 # -- keys and tokens ------------------------------------------------------------
 
 
-def test_key_create_get_round_trip(store: SQLiteStore) -> None:
+def test_key_create_get_round_trip(store: SQLStore) -> None:
     """A key reads back as written, with its first token."""
     store.create_org("acme", NOW)
     record = key_record(permissions=frozenset({"read", "manage_org_users"}), repo_grants={"era5": "write"})
@@ -259,7 +210,7 @@ def test_key_create_get_round_trip(store: SQLiteStore) -> None:
     assert token.not_after is None
 
 
-def test_key_create_duplicate_conflict(acme: SQLiteStore) -> None:
+def test_key_create_duplicate_conflict(acme: SQLStore) -> None:
     """A second key with the same name in the org is a Conflict; its token is not added."""
     with pytest.raises(Conflict, match="ci@acme"):
         acme.create_key(key_record(), "t2", "hash-2", NOW)
@@ -267,7 +218,7 @@ def test_key_create_duplicate_conflict(acme: SQLiteStore) -> None:
     assert [t.token_id for t in acme.get_key("acme", "ci").tokens] == ["t1"]
 
 
-def test_key_same_name_other_org_allowed(acme: SQLiteStore) -> None:
+def test_key_same_name_other_org_allowed(acme: SQLStore) -> None:
     """Key names are unique per org, not globally."""
     acme.create_org("other", NOW)
     acme.create_key(key_record(org="other"), "t2", "hash-2", NOW)
@@ -275,7 +226,7 @@ def test_key_same_name_other_org_allowed(acme: SQLiteStore) -> None:
     assert acme.get_key("acme", "ci").tokens[0].token_id == "t1"
 
 
-def test_key_create_unknown_org_not_found(store: SQLiteStore) -> None:
+def test_key_create_unknown_org_not_found(store: SQLStore) -> None:
     """A key in an org that does not exist is NotFound."""
     with pytest.raises(NotFound, match="nope"):
         store.create_key(key_record(org="nope"), "t1", "hash-1", NOW)
@@ -285,13 +236,13 @@ def test_key_create_unknown_org_not_found(store: SQLiteStore) -> None:
     ("org", "name", "match"),
     [("acme", "ghost", "ghost@acme"), ("nope", "ci", "nope")],
 )
-def test_key_get_missing_not_found(acme: SQLiteStore, org: str, name: str, match: str) -> None:
+def test_key_get_missing_not_found(acme: SQLStore, org: str, name: str, match: str) -> None:
     """An unknown key, or a key of an unknown org, is NotFound naming what is missing."""
     with pytest.raises(NotFound, match=match):
         acme.get_key(org, name)
 
 
-def test_key_list_sorted_with_tokens(acme: SQLiteStore) -> None:
+def test_key_list_sorted_with_tokens(acme: SQLStore) -> None:
     """``list_keys`` returns the org's keys by name, each with its own tokens only."""
     acme.create_key(key_record("alpha"), "t2", "hash-2", NOW)
     acme.rotate_key("acme", "alpha", token_id="t3", token_hash="hash-3", grace_end=NOW + 60, expires_at=NOW, now=NOW)
@@ -303,19 +254,19 @@ def test_key_list_sorted_with_tokens(acme: SQLiteStore) -> None:
     assert [t.token_id for t in keys[1].tokens] == ["t1"]
 
 
-def test_key_list_unknown_org_not_found(store: SQLiteStore) -> None:
+def test_key_list_unknown_org_not_found(store: SQLStore) -> None:
     """Listing the keys of an org that does not exist is NotFound, not an empty list."""
     with pytest.raises(NotFound, match="nope"):
         store.list_keys("nope")
 
 
-def test_key_list_empty_org(store: SQLiteStore) -> None:
+def test_key_list_empty_org(store: SQLStore) -> None:
     """An org without keys lists none."""
     store.create_org("acme", NOW)
     assert list(store.list_keys("acme")) == []
 
 
-def test_rotate_sets_grace_and_adds_token(acme: SQLiteStore) -> None:
+def test_rotate_sets_grace_and_adds_token(acme: SQLStore) -> None:
     """Rotation ends the old token at the grace end, adds the new one and updates the expiry."""
     acme.rotate_key(
         "acme", "ci", token_id="t2", token_hash="hash-2", grace_end=NOW + 3600, expires_at=NOW + 400 * DAY, now=NOW
@@ -328,7 +279,7 @@ def test_rotate_sets_grace_and_adds_token(acme: SQLiteStore) -> None:
     ]
 
 
-def test_rotate_keeps_earlier_grace_end(acme: SQLiteStore) -> None:
+def test_rotate_keeps_earlier_grace_end(acme: SQLStore) -> None:
     """A token already in its grace period keeps the earlier end when the key is rotated again."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW + 100, expires_at=NOW, now=NOW)
     acme.rotate_key("acme", "ci", token_id="t3", token_hash="h3", grace_end=NOW + 5000, expires_at=NOW, now=NOW + 10)
@@ -336,7 +287,7 @@ def test_rotate_keeps_earlier_grace_end(acme: SQLiteStore) -> None:
     assert ends == {"t1": NOW + 100, "t2": NOW + 5000, "t3": None}
 
 
-def test_rotate_shorter_grace_shortens(acme: SQLiteStore) -> None:
+def test_rotate_shorter_grace_shortens(acme: SQLStore) -> None:
     """A later rotation with an earlier grace end cuts the running grace periods short."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW + 5000, expires_at=NOW, now=NOW)
     acme.rotate_key("acme", "ci", token_id="t3", token_hash="h3", grace_end=NOW + 10, expires_at=NOW, now=NOW + 10)
@@ -352,18 +303,18 @@ def test_rotate_shorter_grace_shortens(acme: SQLiteStore) -> None:
         (NOW + 1000, ["t2", "t3"]),
     ],
 )
-def test_rotate_prunes_tokens_past_grace(acme: SQLiteStore, db_path: str, rotate_at: float, kept: list[str]) -> None:
+def test_rotate_prunes_tokens_past_grace(acme: SQLStore, store_url: str, rotate_at: float, kept: list[str]) -> None:
     """Tokens whose grace ended by the time of a rotation are deleted from the file."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW + 100, expires_at=NOW, now=NOW)
     acme.rotate_key(
         "acme", "ci", token_id="t3", token_hash="h3", grace_end=rotate_at + 50, expires_at=NOW, now=rotate_at
     )
     assert [t.token_id for t in acme.get_key("acme", "ci").tokens] == kept
-    assert sorted(row[0] for row in raw(db_path, "SELECT token_id FROM tokens")) == kept
+    assert sorted(row[0] for row in raw(store_url, "SELECT token_id FROM tokens")) == kept
     assert (acme.get_credential("t1") is not None) == ("t1" in kept)
 
 
-def test_rotate_zero_grace_ends_old_token_now(acme: SQLiteStore) -> None:
+def test_rotate_zero_grace_ends_old_token_now(acme: SQLStore) -> None:
     """A grace of 0 s ends the old token at the moment of rotation."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW, now=NOW)
     credential = acme.get_credential("t1")
@@ -375,7 +326,7 @@ def test_rotate_zero_grace_ends_old_token_now(acme: SQLiteStore) -> None:
     ("org", "name", "match"),
     [("acme", "ghost", "ghost@acme"), ("nope", "ci", "nope")],
 )
-def test_rotate_missing_not_found(acme: SQLiteStore, org: str, name: str, match: str) -> None:
+def test_rotate_missing_not_found(acme: SQLStore, org: str, name: str, match: str) -> None:
     """Rotating an unknown key is NotFound and adds no token."""
     with pytest.raises(NotFound, match=match):
         acme.rotate_key(org, name, token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW, now=NOW)
@@ -383,7 +334,7 @@ def test_rotate_missing_not_found(acme: SQLiteStore, org: str, name: str, match:
     assert acme.get_key("acme", "ci").tokens[0].not_after is None
 
 
-def test_set_permissions_replaces(acme: SQLiteStore) -> None:
+def test_set_permissions_replaces(acme: SQLStore) -> None:
     """``set_permissions`` replaces permissions and grants and leaves tokens and expiry alone."""
     before = acme.get_key("acme", "ci")
     acme.set_permissions("acme", "ci", frozenset({"write"}), {"era5": "read", "gfs": "write"}, NOW + 5)
@@ -402,25 +353,25 @@ def test_set_permissions_replaces(acme: SQLiteStore) -> None:
     ("org", "name", "match"),
     [("acme", "ghost", "ghost@acme"), ("nope", "ci", "nope")],
 )
-def test_set_permissions_missing_not_found(acme: SQLiteStore, org: str, name: str, match: str) -> None:
+def test_set_permissions_missing_not_found(acme: SQLStore, org: str, name: str, match: str) -> None:
     """Changing the permissions of an unknown key is NotFound."""
     with pytest.raises(NotFound, match=match):
         acme.set_permissions(org, name, frozenset({"write"}), {}, NOW)
 
 
-def test_delete_cascades_tokens(acme: SQLiteStore, db_path: str) -> None:
+def test_delete_cascades_tokens(acme: SQLStore, store_url: str) -> None:
     """Deleting a key deletes every token of it: no credential is found any more."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW + DAY, expires_at=NOW, now=NOW)
     acme.delete_key("acme", "ci", NOW + 1)
     assert acme.get_credential("t1") is None
     assert acme.get_credential("t2") is None
-    assert raw(db_path, "SELECT COUNT(*) FROM tokens") == [(0,)]
+    assert raw(store_url, "SELECT COUNT(*) FROM tokens") == [(0,)]
     with pytest.raises(NotFound):
         acme.get_key("acme", "ci")
     assert list(acme.list_keys("acme")) == []
 
 
-def test_delete_then_recreate_old_token_dead(acme: SQLiteStore) -> None:
+def test_delete_then_recreate_old_token_dead(acme: SQLStore) -> None:
     """A key recreated under the same name does not bring back the deleted key's tokens."""
     acme.delete_key("acme", "ci", NOW)
     acme.create_key(key_record(), "t9", "hash-9", NOW)
@@ -432,13 +383,13 @@ def test_delete_then_recreate_old_token_dead(acme: SQLiteStore) -> None:
     ("org", "name", "match"),
     [("acme", "ghost", "ghost@acme"), ("nope", "ci", "nope")],
 )
-def test_delete_missing_not_found(acme: SQLiteStore, org: str, name: str, match: str) -> None:
+def test_delete_missing_not_found(acme: SQLStore, org: str, name: str, match: str) -> None:
     """Deleting an unknown key is NotFound."""
     with pytest.raises(NotFound, match=match):
         acme.delete_key(org, name, NOW)
 
 
-def test_get_credential_joins_key_and_token(acme: SQLiteStore) -> None:
+def test_get_credential_joins_key_and_token(acme: SQLStore) -> None:
     """A credential is the token with its key, which is all the gate needs to verify and decide."""
     acme.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW + 60, expires_at=NOW + DAY, now=NOW)
     credential = acme.get_credential("t1")
@@ -452,13 +403,13 @@ def test_get_credential_joins_key_and_token(acme: SQLiteStore) -> None:
     assert fresh.token.not_after is None
 
 
-def test_get_credential_unknown_none(acme: SQLiteStore) -> None:
+def test_get_credential_unknown_none(acme: SQLStore) -> None:
     """An unknown token id gives None (the gate then spends a decoy verification)."""
     assert acme.get_credential("0123456789abcdef") is None
     assert acme.get_credential("") is None
 
 
-def test_touch_keys_moves_forward_only(acme: SQLiteStore) -> None:
+def test_touch_keys_moves_forward_only(acme: SQLStore) -> None:
     """``last_used_at`` only moves forward, in one batch, and appends no change."""
     acme.create_key(key_record("bot"), "t2", "hash-2", NOW)
     seq = acme.last_change()
@@ -470,7 +421,7 @@ def test_touch_keys_moves_forward_only(acme: SQLiteStore) -> None:
     assert list(acme.changes_since(seq)) == []
 
 
-def test_touch_keys_unknown_and_empty_ignored(acme: SQLiteStore) -> None:
+def test_touch_keys_unknown_and_empty_ignored(acme: SQLStore) -> None:
     """Touching a key deleted meanwhile, or nothing, is no error (the flush is best effort)."""
     acme.touch_keys({})
     acme.touch_keys({("acme", "ghost"): NOW, ("nope", "ci"): NOW})
@@ -480,7 +431,7 @@ def test_touch_keys_unknown_and_empty_ignored(acme: SQLiteStore) -> None:
 # -- change feed ------------------------------------------------------------------
 
 
-def test_changes_since_every_mutation_in_order(store: SQLiteStore) -> None:
+def test_changes_since_every_mutation_in_order(store: SQLStore) -> None:
     """Each kind of mutation appends one change, in order, naming the org and (for keys) the key."""
     store.create_org("acme", NOW)
     store.set_service("acme", "tiles", enabled=True, is_public=False, now=NOW + 1)
@@ -508,7 +459,7 @@ def test_changes_since_every_mutation_in_order(store: SQLiteStore) -> None:
     assert store.last_change() == seqs[-1]
 
 
-def test_changes_since_seq_and_limit(store: SQLiteStore) -> None:
+def test_changes_since_seq_and_limit(store: SQLStore) -> None:
     """``changes_since(seq)`` returns only later changes, at most ``limit`` of them."""
     assert store.last_change() == 0
     assert list(store.changes_since(0)) == []
@@ -520,75 +471,193 @@ def test_changes_since_seq_and_limit(store: SQLiteStore) -> None:
     assert list(store.changes_since(everything[-1].seq)) == []
 
 
-Mutation = Callable[[SQLiteStore], None]
+Mutation = Callable[[SQLStore, AuditEvent | None], None]
+EVENT = AuditEvent(at=NOW, org="acme", actor="cli", action="test", target="acme", outcome="ok")
+
+
+@pytest.fixture
+def rotated(acme: SQLStore) -> SQLStore:
+    """``acme`` with ``ci@acme`` rotated: ``t1`` in its grace (an hour), ``t2`` current."""
+    acme.rotate_key(
+        "acme", "ci", token_id="t2", token_hash="hash-2", grace_end=NOW + 3600, expires_at=NOW + DAY, now=NOW
+    )
+    return acme
+
 
 MUTATIONS: list[tuple[str, Mutation, tuple[str, str | None]]] = [
-    ("create_org", lambda s: s.create_org("other", NOW), ("org", None)),
+    ("create_org", lambda s, a: s.create_org("other", NOW, audit=a), ("org", None)),
     (
         "enable_service",
-        lambda s: s.set_service("acme", "wms", enabled=True, is_public=True, now=NOW),
+        lambda s, a: s.set_service("acme", "wms", enabled=True, is_public=True, now=NOW, audit=a),
         ("service", None),
     ),
     (
         "disable_service",
-        lambda s: s.set_service("acme", "wms", enabled=False, is_public=False, now=NOW),
+        lambda s, a: s.set_service("acme", "wms", enabled=False, is_public=False, now=NOW, audit=a),
         ("service", None),
     ),
-    ("visibility", lambda s: s.set_repo_visibility("acme", "era5", "authenticated", NOW), ("repo", None)),
-    ("create_key", lambda s: s.create_key(key_record("bot"), "t2", "h2", NOW), ("key", "bot")),
+    (
+        "visibility",
+        lambda s, a: s.set_repo_visibility("acme", "era5", "authenticated", NOW, audit=a),
+        ("repo", None),
+    ),
+    ("create_key", lambda s, a: s.create_key(key_record("bot"), "t3", "h3", NOW, audit=a), ("key", "bot")),
     (
         "rotate_key",
-        lambda s: s.rotate_key("acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW, now=NOW),
+        lambda s, a: s.rotate_key(
+            "acme", "ci", token_id="t3", token_hash="h3", grace_end=NOW, expires_at=NOW, now=NOW, audit=a
+        ),
         ("key", "ci"),
     ),
-    ("set_permissions", lambda s: s.set_permissions("acme", "ci", frozenset(), {"x": "read"}, NOW), ("key", "ci")),
-    ("delete_key", lambda s: s.delete_key("acme", "ci", NOW), ("key", "ci")),
+    (
+        "set_permissions",
+        lambda s, a: s.set_permissions("acme", "ci", frozenset(), {"x": "read"}, NOW, audit=a),
+        ("key", "ci"),
+    ),
+    ("end_grace", lambda s, a: s.end_grace("acme", "ci", "t1", NOW, NOW, audit=a), ("key", "ci")),
+    ("delete_key", lambda s, a: s.delete_key("acme", "ci", NOW, audit=a), ("key", "ci")),
 ]
 
 
 @pytest.mark.parametrize(("mutation", "expected"), [(m, e) for _, m, e in MUTATIONS], ids=[n for n, _, _ in MUTATIONS])
-def test_mutation_appends_exactly_one_change(acme: SQLiteStore, mutation: Mutation, expected: tuple[str, str]) -> None:
+def test_mutation_appends_exactly_one_change(rotated: SQLStore, mutation: Mutation, expected: tuple[str, str]) -> None:
     """Every mutation appends one change, no more, in the same transaction."""
-    seq = acme.last_change()
-    mutation(acme)
-    [change] = acme.changes_since(seq)
+    seq = rotated.last_change()
+    mutation(rotated, None)
+    [change] = rotated.changes_since(seq)
     assert (change.kind, change.key_name) == expected
     assert change.at == NOW
+    assert list(rotated.list_audit("acme")) == []
+
+
+@pytest.mark.parametrize("mutation", [m for _, m, _ in MUTATIONS], ids=[n for n, _, _ in MUTATIONS])
+def test_mutation_writes_its_audit_event(rotated: SQLStore, mutation: Mutation) -> None:
+    """``audit=`` writes the event with the mutation; the store numbers it."""
+    mutation(rotated, EVENT)
+    [event] = rotated.list_audit("acme")
+    assert event == AuditEvent(**{**_fields(EVENT), "seq": event.seq})
+    assert event.seq > 0
+
+
+def _fields(event: AuditEvent) -> dict[str, Any]:
+    return {
+        name: getattr(event, name) for name in ("at", "org", "actor", "action", "target", "outcome", "client", "detail")
+    }
 
 
 FAILURES: list[tuple[str, Mutation]] = [
-    ("org_exists", lambda s: s.create_org("acme", NOW)),
-    ("service_unknown_org", lambda s: s.set_service("nope", "wms", enabled=True, is_public=False, now=NOW)),
-    ("visibility_unknown_org", lambda s: s.set_repo_visibility("nope", "era5", "public", NOW)),
-    ("key_unknown_org", lambda s: s.create_key(key_record(org="nope"), "t2", "h2", NOW)),
-    ("key_exists", lambda s: s.create_key(key_record(), "t2", "h2", NOW)),
+    ("org_exists", lambda s, a: s.create_org("acme", NOW, audit=a)),
+    (
+        "service_unknown_org",
+        lambda s, a: s.set_service("nope", "wms", enabled=True, is_public=False, now=NOW, audit=a),
+    ),
+    ("visibility_unknown_org", lambda s, a: s.set_repo_visibility("nope", "era5", "public", NOW, audit=a)),
+    ("key_unknown_org", lambda s, a: s.create_key(key_record(org="nope"), "t3", "h3", NOW, audit=a)),
+    ("key_exists", lambda s, a: s.create_key(key_record(), "t3", "h3", NOW, audit=a)),
+    ("token_id_taken", lambda s, a: s.create_key(key_record("bot"), "t1", "h3", NOW, audit=a)),
     (
         "rotate_unknown",
-        lambda s: s.rotate_key("acme", "ghost", token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW, now=NOW),
+        lambda s, a: s.rotate_key(
+            "acme", "ghost", token_id="t3", token_hash="h3", grace_end=NOW, expires_at=NOW, now=NOW, audit=a
+        ),
     ),
-    ("permissions_unknown", lambda s: s.set_permissions("acme", "ghost", frozenset(), {}, NOW)),
-    ("delete_unknown", lambda s: s.delete_key("acme", "ghost", NOW)),
+    ("permissions_unknown", lambda s, a: s.set_permissions("acme", "ghost", frozenset(), {}, NOW, audit=a)),
+    ("delete_unknown", lambda s, a: s.delete_key("acme", "ghost", NOW, audit=a)),
+    ("end_grace_current_token", lambda s, a: s.end_grace("acme", "ci", "t2", NOW, NOW, audit=a)),
+    ("end_grace_unknown_token", lambda s, a: s.end_grace("acme", "ci", "t9", NOW, NOW, audit=a)),
+    ("end_grace_unknown_key", lambda s, a: s.end_grace("acme", "ghost", "t1", NOW, NOW, audit=a)),
+    ("end_grace_unknown_org", lambda s, a: s.end_grace("nope", "ci", "t1", NOW, NOW, audit=a)),
 ]
 
 
 @pytest.mark.parametrize("mutation", [m for _, m in FAILURES], ids=[n for n, _ in FAILURES])
-def test_mutation_refused_changes_nothing(acme: SQLiteStore, db_path: str, mutation: Mutation) -> None:
-    """A refused mutation rolls back: no change appended, no row written."""
-    tables = ["orgs", "services", "repos", "keys", "tokens", "changes"]
-    before = {table: raw(db_path, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}  # noqa: S608
-    with pytest.raises((NotFound, Conflict)):
-        mutation(acme)
-    after = {table: raw(db_path, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}  # noqa: S608
+def test_mutation_refused_changes_nothing(rotated: SQLStore, store_url: str, mutation: Mutation) -> None:
+    """A refused mutation rolls back: no change appended, no row written, its audit event not either."""
+    tables = ["orgs", "services", "repos", "keys", "tokens", "changes", "audit"]
+    before = {table: raw(store_url, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}  # noqa: S608
+    with pytest.raises(InputError):
+        mutation(rotated, EVENT)
+    after = {table: raw(store_url, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}  # noqa: S608
     assert after == before
+
+
+# -- ending a grace -------------------------------------------------------------------
+
+
+def test_end_grace_moves_the_end(rotated: SQLStore) -> None:
+    """``end_grace`` sets a rotated-out token's end, earlier or later; the current token is untouched."""
+    rotated.end_grace("acme", "ci", "t1", NOW + 7200, NOW + 10)
+    assert {t.token_id: t.not_after for t in rotated.get_key("acme", "ci").tokens} == {"t1": NOW + 7200, "t2": None}
+    rotated.end_grace("acme", "ci", "t1", NOW + 10, NOW + 10)
+    credential = rotated.get_credential("t1")
+    assert credential is not None
+    assert credential.token.not_after == NOW + 10
+
+
+@pytest.mark.parametrize(
+    ("org", "name", "token_id", "error", "match"),
+    [
+        ("acme", "ci", "t2", InputError, "current token"),
+        ("acme", "ci", "t9", NotFound, "no token t9 of key ci@acme"),
+        ("acme", "bot", "t1", NotFound, "no token t1 of key bot@acme"),  # t1 is ci's, not bot's
+        ("acme", "ghost", "t1", NotFound, "no key named ghost@acme"),
+        ("nope", "ci", "t1", NotFound, "no org named 'nope'"),
+    ],
+)
+def test_end_grace_refusals(
+    rotated: SQLStore, org: str, name: str, token_id: str, error: type[Exception], match: str
+) -> None:
+    """A token that is not of that key is NotFound; the key's current token has no grace to end."""
+    rotated.create_key(key_record("bot"), "t3", "hash-3", NOW)
+    with pytest.raises(error, match=match):
+        rotated.end_grace(org, name, token_id, NOW, NOW)
+
+
+def test_rotate_records_when_a_token_was_rotated_out(rotated: SQLStore) -> None:
+    """A token's ``rotated_at`` is the rotation that ended it, kept through later rotations."""
+    rotated.rotate_key("acme", "ci", token_id="t3", token_hash="h3", grace_end=NOW + 100, expires_at=NOW, now=NOW + 50)
+    tokens = {t.token_id: t.rotated_at for t in rotated.get_key("acme", "ci").tokens}
+    assert tokens == {"t1": NOW, "t2": NOW + 50, "t3": None}
+
+
+# -- the audit log ------------------------------------------------------------------------
+
+
+def test_audit_append_numbers_and_lists_newest_first(store: SQLStore) -> None:
+    """``append_audit`` returns the event with its number; ``list_audit`` gives the org's own, newest first."""
+    first = store.append_audit(EVENT)
+    second = store.append_audit(AuditEvent(NOW + 1, "acme", "ci@acme", "keys.create", "bot", "ok", client="192.0.2.1"))
+    store.append_audit(AuditEvent(NOW + 2, "other", "cli", "orgs.create", "other", "ok"))
+    assert 0 < first.seq < second.seq
+    assert first == AuditEvent(**{**_fields(EVENT), "seq": first.seq})
+    assert list(store.list_audit("acme")) == [second, first]
+    assert [e.org for e in store.list_audit("other")] == ["other"]
+    assert list(store.list_audit("nope")) == []
+
+
+def test_audit_filters_and_pages(store: SQLStore) -> None:
+    """Time (``since <= at < until``), actor and ``before_seq`` pages narrow the list; ``limit`` bounds it."""
+    events = [
+        store.append_audit(AuditEvent(NOW + i, "acme", "cli" if i % 2 else "ci@acme", "x", "t", "ok"))
+        for i in range(10)
+    ]
+    seqs = [e.seq for e in events]
+    assert [e.seq for e in store.list_audit("acme", limit=3)] == seqs[::-1][:3]
+    page = store.list_audit("acme", limit=3, before_seq=seqs[7])
+    assert [e.seq for e in page] == [seqs[6], seqs[5], seqs[4]]
+    assert [e.at for e in store.list_audit("acme", since=NOW + 3, until=NOW + 6)] == [NOW + 5, NOW + 4, NOW + 3]
+    assert {e.actor for e in store.list_audit("acme", actor="cli")} == {"cli"}
+    assert len(store.list_audit("acme", actor="cli")) == 5
+    assert [e.at for e in store.list_audit("acme", actor="ci@acme", since=NOW + 4, limit=2)] == [NOW + 8, NOW + 6]
 
 
 # -- sharing the file ---------------------------------------------------------------
 
 
-def test_second_store_writes_seen_by_first(acme: SQLiteStore, db_path: str) -> None:
+def test_second_store_writes_seen_by_first(acme: SQLStore, store_url: str) -> None:
     """Two stores on one file (the CLI and a running server) see each other's writes at once."""
     assert acme.get_credential("t1") is not None  # the first store has read before the writes
-    other = SQLiteStore(db_path)
+    other = opened(store_url)
     try:
         other.create_org("other", NOW)
         other.set_repo_visibility("acme", "era5", "public", NOW)
@@ -610,9 +679,9 @@ def test_second_store_writes_seen_by_first(acme: SQLiteStore, db_path: str) -> N
         other.close()
 
 
-def test_second_store_sees_first_store_writes(acme: SQLiteStore, db_path: str) -> None:
+def test_second_store_sees_first_store_writes(acme: SQLStore, store_url: str) -> None:
     """Writes go both ways: a second store opened earlier sees later writes of the first."""
-    other = SQLiteStore(db_path)
+    other = opened(store_url)
     try:
         assert not other.org_exists("late")
         acme.create_org("late", NOW)
@@ -622,7 +691,7 @@ def test_second_store_sees_first_store_writes(acme: SQLiteStore, db_path: str) -
         other.close()
 
 
-def test_store_shared_across_threads(acme: SQLiteStore) -> None:
+def test_store_shared_across_threads(acme: SQLStore) -> None:
     """Each thread gets its own connection; a write in one thread is read in another."""
     errors: list[BaseException] = []
 
@@ -640,35 +709,42 @@ def test_store_shared_across_threads(acme: SQLiteStore) -> None:
 
 
 class _WriteBeforeTokens:
-    """A connection that lets another store write just before the first SELECT on tokens."""
+    """A transaction that lets another store write just before its first SELECT on tokens."""
 
-    def __init__(self, conn: sqlite3.Connection, write: Callable[[], None]) -> None:
-        self._conn = conn
+    def __init__(self, tx: Transaction, write: Callable[[], None]) -> None:
+        self._tx = tx
         self._write: Callable[[], None] | None = write
 
-    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Any = ()) -> Any:
         if self._write is not None and "FROM tokens" in sql:
             write, self._write = self._write, None
             write()
-        return self._conn.execute(sql, parameters)
+        return self._tx.execute(sql, params)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
+        return getattr(self._tx, name)
 
 
-def test_get_key_reads_one_snapshot(acme: SQLiteStore, db_path: str) -> None:
+def test_get_key_reads_one_snapshot(acme: SQLStore, store_url: str) -> None:
     """A key and its tokens come from one snapshot even if another process writes in between."""
-    other = SQLiteStore(db_path)
+    other = opened(store_url)
+    backend = acme._backend
+    read = backend.read
+    rotate = lambda: other.rotate_key(  # noqa: E731
+        "acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW + 9 * DAY, now=NOW
+    )
+
+    @contextmanager
+    def read_with_a_write_between(*, statements: int = 2) -> Iterator[Any]:
+        with read(statements=statements) as tx:
+            yield _WriteBeforeTokens(tx, rotate)
+
     try:
-        # Reaches into the store's connection: the only way to place a write
+        # Reaches into the store's backend: the only way to place a write
         # between the two SELECTs of one call deterministically.
-        acme._local.conn = _WriteBeforeTokens(
-            acme._connect(),
-            lambda: other.rotate_key(
-                "acme", "ci", token_id="t2", token_hash="h2", grace_end=NOW, expires_at=NOW + 9 * DAY, now=NOW
-            ),
-        )
+        backend.read = read_with_a_write_between  # type: ignore[method-assign]
         key = acme.get_key("acme", "ci")
+        backend.read = read  # type: ignore[method-assign]
         assert key.expires_at == NOW + 365 * DAY
         assert [(t.token_id, t.not_after) for t in key.tokens] == [("t1", None)]
         # The next call sees the rotation.
@@ -677,7 +753,7 @@ def test_get_key_reads_one_snapshot(acme: SQLiteStore, db_path: str) -> None:
         other.close()
 
 
-def test_changes_are_plain_records(acme: SQLiteStore) -> None:
+def test_changes_are_plain_records(acme: SQLStore) -> None:
     """The change feed returns ``Change`` values with integer sequence numbers."""
     [change] = acme.changes_since(acme.last_change() - 1)
     assert isinstance(change, Change)
