@@ -36,9 +36,9 @@ from fluxauth.decision.policy import Decision, Failure, Outcome, Principal, deci
 from fluxauth.decision.proxies import ProxyTrust
 from fluxauth.decision.request import BadRequest, RequestHead, check_framing
 from fluxauth.decision.target import PathError, Target, check_query, parse_target
-from fluxauth.errors import StoreUnavailable
+from fluxauth.errors import ConfigError, StoreUnavailable
 from fluxauth.histogram import Histogram
-from fluxauth.store import Change, Credential, OrgPolicy, Store, open_store
+from fluxauth.store import Change, ChangeListener, Credential, OrgPolicy, Store, open_store
 from fluxauth.store.aio import AsyncStore
 
 log = logging.getLogger("fluxauth")
@@ -145,34 +145,81 @@ class Gate:
         # entries verified before it are refused.
         self._key_changed: dict[tuple[str, str], int] = {}
         self.started = False
+        self.connected = False  # the store opened, its cache secret and feed read
+        self.listener: ChangeListener | None = None
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store and pools, read the cache secret, follow the change feed."""
+        """Start the pools, then open the store and follow its changes; or wait for the store, unready.
+
+        A store that cannot be reached at start (a database still coming up)
+        is no reason to exit: the server answers 503 (``readyz`` too) and
+        opens the store as soon as it answers, without a restart.
+        """
         if self.started:
             return
         self.started = True
-        self.store = AsyncStore(self._store or open_store(self.settings.store))
         self._verify_pool = ThreadPoolExecutor(
             verify_threads(self.settings), thread_name_prefix="fluxauth-verify", initializer=_yield_to_the_event_loop
         )
         loop = asyncio.get_running_loop()
         self._hasher = await loop.run_in_executor(self._verify_pool, TokenHasher, self.settings.argon2_profile)
+        try:
+            await self._connect()
+        except StoreUnavailable as exc:
+            log.warning("%s; not ready until the store answers", exc)
+            self._tasks.append(asyncio.create_task(self._connect_when_the_store_answers(), name="fluxauth-store"))
+
+    async def _connect(self) -> None:
+        """Open the store (its schema created or upgraded), read the cache secret and the feed's end, follow it."""
+        if self.store is None:
+            store = self._store
+            if store is None:
+                store = await asyncio.to_thread(
+                    open_store,
+                    self.settings.store,
+                    timeout=self.settings.store_timeout,
+                    pool_size=self.settings.store_pool_size,
+                )
+            self.store = AsyncStore(store, self.settings.store_pool_size, timeout=self.settings.store_timeout)
+        store = self.store.store
         configured = self.settings.cache_secret
-        self._secret = (
-            configured.reveal().encode() if configured else await self.store.call(self.store.store.cache_secret)
-        )
+        self._secret = configured.reveal().encode() if configured else await self.store.call(store.cache_secret)
         self._cache_key = CacheKeys(self._secret)
-        self.change_seq = self.start_seq = await self.store.call(self.store.store.last_change)
-        self._tasks = [
+        self.change_seq = self.start_seq = await self.store.call(store.last_change)
+        self.connected = True
+        self._tasks += [
             asyncio.create_task(self._follow_changes(), name="fluxauth-changes"),
             asyncio.create_task(self._flush_last_used_forever(), name="fluxauth-last-used"),
         ]
+        # Wake-ups, each a reason to read the feed at once rather than at the
+        # next poll: the database's own (PostgreSQL) and Redis's, when configured.
+        self.listener = store.listener()
+        if self.listener is not None:
+            self._tasks.append(asyncio.create_task(self.listener.follow(self._on_notice), name="fluxauth-listen"))
         if self.shared is not None:
             self._tasks.append(
                 asyncio.create_task(self.shared.follow_notices(self._on_notice), name="fluxauth-notices")
             )
+
+    async def _connect_when_the_store_answers(self) -> None:
+        delay = 0.5
+        while not self.connected:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except StoreUnavailable:
+                delay = min(delay * 2, 5.0)
+            except ConfigError as exc:  # reached, but refused (a newer schema): only an operator can fix it
+                log.error("%s; not ready", exc)
+                delay = 30.0
+        log.warning("store %s answers; ready", self.store.store.where if self.store else "")
+
+    def _connected_store(self) -> AsyncStore:
+        if self.store is None or not self.connected:
+            raise StoreUnavailable("the store has not answered since this server started")
+        return self.store
 
     async def stop(self) -> None:
         if not self.started:
@@ -184,18 +231,18 @@ class Gate:
                 await task
         with contextlib.suppress(StoreUnavailable):
             await self.flush_last_used()
-        assert self.store is not None
         assert self._verify_pool is not None
         self._verify_pool.shutdown(wait=True)
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         if self.shared is not None:
             await self.shared.close()
-        self.started = False
+        self._tasks, self.store, self.connected, self.started = [], None, False, False
 
     async def ready(self) -> dict[str, bool | None]:
-        """Whether the store answers, and Redis (None when not configured)."""
+        """Whether the store answers (and has since start), and Redis (None when not configured)."""
         store_ok = False
-        if self.store is not None:
+        if self.store is not None and self.connected:
             try:
                 await self.store.call(self.store.store.ping)
                 store_ok = True
@@ -279,9 +326,9 @@ class Gate:
         return None if policy is _UNKNOWN_ORG else policy
 
     async def _load_policy(self, org: str) -> OrgPolicy:
-        assert self.store is not None
+        store = self._connected_store()
         generation = self.cache.generation
-        policy = await self.store.call(self.store.store.org_policy, org) or _UNKNOWN_ORG
+        policy = await store.call(store.store.org_policy, org) or _UNKNOWN_ORG
         if generation == self.cache.generation:  # not overtaken by a change
             self._policies[org] = policy
         return policy
@@ -404,16 +451,14 @@ class Gate:
 
     async def _verify(self, credentials: BasicCredentials, key: bytes, generation: int) -> Auth:
         """One argon2 verification against the store, off the event loop; caches a success."""
-        assert self.store is not None
         assert self._hasher is not None
         loop = asyncio.get_running_loop()
         # Noted before the store is read: a change that lands in between has a
         # higher number, and servers that know of it refuse the shared entry.
         seq = self.change_seq
         try:
-            found: Credential | None = await self.store.call(
-                self.store.store.get_credential, credentials.token.token_id
-            )
+            store = self._connected_store()
+            found: Credential | None = await store.call(store.store.get_credential, credentials.token.token_id)
         except StoreUnavailable:
             return Failure.STORE_UNAVAILABLE
         self.stats.verifications += 1
@@ -462,8 +507,8 @@ class Gate:
 
     async def poll_changes(self) -> int:
         """Read and apply the changes since the last one seen; returns how many."""
-        assert self.store is not None
-        changes = await self.store.call(self.store.store.changes_since, self.change_seq)
+        store = self._connected_store()
+        changes = await store.call(store.store.changes_since, self.change_seq)
         for change in changes:
             self.apply(change)
         return len(changes)
@@ -485,11 +530,13 @@ class Gate:
                     log.warning("cannot read the change feed: %s", exc)
                 failing = True
             else:
+                if failing:
+                    log.warning("reading the change feed again")
                 failing = False
 
     async def flush_last_used(self) -> None:
         """Write ``last_used_at`` for keys used since the last flush, in one batch."""
-        if not self._last_used or self.store is None:
+        if not self._last_used or self.store is None or not self.connected:
             return
         batch, self._last_used = self._last_used, {}
         await self.store.call(self.store.store.touch_keys, batch)

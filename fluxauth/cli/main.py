@@ -2,14 +2,16 @@
 
 Every command takes ``--store`` and ``--config``; ``FLUXAUTH_*`` variables
 override the config file. ``keys create`` and ``keys rotate`` print the new
-token alone on stdout — the only place a secret is ever shown. Bad input prints
-one line on stderr and exits with status 2, and changes nothing.
+token alone on stdout — the only place a secret is ever shown. Bad input, and a
+store that cannot be reached, print one line on stderr and exit with status 2,
+and change nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,12 +22,12 @@ from fluxauth.clock import system_clock
 from fluxauth.config.durations import format_duration, parse_duration
 from fluxauth.config.settings import Settings, load_settings
 from fluxauth.decision.names import split_repository
-from fluxauth.errors import FluxAuthError, InputError, StoreError
+from fluxauth.errors import Conflict, FluxAuthError, InputError, StoreUnavailable
 from fluxauth.manage.admin import Admin, IssuedToken, iso
-from fluxauth.store import Change, KeyRecord, open_store
+from fluxauth.store import Change, KeyRecord, Store, open_store
+from fluxauth.store.copy import copy_store
 
 EXIT_BAD_INPUT = 2
-EXIT_STORE = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     visibility = repos.add_parser("visibility", parents=[common])
     visibility.add_argument("repository", metavar="ORG/REPO")
     visibility.add_argument("visibility", choices=["private", "authenticated", "public"])
+
+    store = commands.add_parser("store", help="the store itself").add_subparsers(dest="action", required=True)
+    copy = store.add_parser(
+        "copy",
+        help="copy everything into an empty store (e.g. from SQLite to PostgreSQL)",
+        description="Copy every org, service, repo setting, key, token, audit event and the cache secret"
+        " from FROM_URL into the empty store TO_URL, of either kind. Tokens keep working.",
+    )
+    copy.add_argument("source", metavar="FROM_URL")
+    copy.add_argument("target", metavar="TO_URL")
+    copy.add_argument("--config", help="TOML config file (env FLUXAUTH_CONFIG)")
 
     demo = commands.add_parser("demo", parents=[common], help="run a demo: a tile server behind fluxauth")
     demo.add_argument("--port", type=int, default=8000)
@@ -233,11 +246,39 @@ def _announce(settings: Settings, changes: Sequence[Change]) -> None:
         print("fluxauth: warning: Redis unreachable; servers see the change within a second", file=sys.stderr)
 
 
+def _open(settings: Settings, url: str | None = None) -> Store:
+    return open_store(url or settings.store, timeout=settings.store_timeout, pool_size=1)
+
+
+def _copy(args: argparse.Namespace, settings: Settings) -> None:
+    source = _open(settings, args.source)
+    try:
+        target = _open(settings, args.target)
+        try:
+            counts = copy_store(source, target)
+        except Conflict as exc:
+            raise InputError(f"{exc}: copy into an empty store") from None
+        finally:
+            target.close()
+    finally:
+        source.close()
+    names = {"orgs": "orgs", "services": "services", "repos": "repo settings", "keys": "keys", "tokens": "tokens"}
+    names |= {"changes": "changes", "audit": "audit events"}
+    copied = ", ".join(f"{label} {counts[table]}" for table, label in names.items())
+    print(f"copied from {source.where} to {target.where}: {copied}, and the cache secret")
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
+    # The store is opened here first, so that what no waiting mends (an
+    # unknown scheme, a schema newer than this fluxauth) ends the command in
+    # one line, exit 2. One that cannot be reached is no such reason: the
+    # servers start unready and open it once it answers (they say so).
+    with contextlib.suppress(StoreUnavailable):
+        _open(settings).close()
     # Worker processes rebuild the settings from the environment.
     for name, value in (
         ("STORE", args.store),
@@ -280,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(
             args.config,
-            store=args.store,
+            store=getattr(args, "store", None),
             upstream=getattr(args, "upstream", None),
             redis_url=getattr(args, "redis", None),
         )
@@ -292,16 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(settings, port=args.port, upstream_port=args.upstream_port, store=args.store)
             return 0
-        store = open_store(settings.store)
+        if args.command == "store":
+            _copy(args, settings)
+            return 0
+        store = _open(settings)
         try:
             before = store.last_change()
             _run_admin(args, Admin(store, settings))
             _announce(settings, store.changes_since(before))
         finally:
             store.close()
-    except StoreError as exc:
-        print(f"fluxauth: error: {exc}", file=sys.stderr)
-        return EXIT_STORE
     except FluxAuthError as exc:
         print(f"fluxauth: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

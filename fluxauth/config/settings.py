@@ -56,6 +56,11 @@ class Settings:
     """Everything an operator can set. Build it with ``load_settings``."""
 
     store: str = "sqlite:///fluxauth.db"
+    # The longest a store call may take (a connection, a statement, a wait for
+    # the write lock) before the request gets 503; and the connections one
+    # process keeps to a PostgreSQL store (as many calls run at once).
+    store_timeout: float = 5.0
+    store_pool_size: int = 4
     redis_url: str | None = None
     upstream: str = "http://127.0.0.1:8001"
     upstreams: Mapping[str, str] = field(default_factory=dict)
@@ -113,15 +118,18 @@ class Settings:
 
 # scheme://user:password@host -> scheme://***@host, wherever it appears in a text.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+# ...?password=secret -> ...?password=***: libpq takes the password as a query parameter too.
+_PASSWORD_PARAMETER = re.compile(r"(?P<name>[?&]password=)[^&#\s]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the userinfo of every URL in it replaced by ``***``.
+    """``text`` with the userinfo and ``password=`` parameters of every URL in it replaced by ``***``.
 
-    Redis, store and upstream URLs may carry a password (``redis://:pw@host``);
-    log lines, error messages and reprs show them through this.
+    Redis, store and upstream URLs may carry a password (``redis://:pw@host``,
+    ``postgresql://host/db?password=pw``); log lines, error messages and reprs
+    show them through this.
     """
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\g<name>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 def _text(key: str, raw: object) -> str:
@@ -268,6 +276,8 @@ def _upstreams(key: str, raw: object) -> Mapping[str, str]:
 
 _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "store": _text,
+    "store_timeout": _positive_float,
+    "store_pool_size": lambda k, v: _int(k, v, 1),
     "redis_url": _optional_text,
     "upstream": _url,
     "upstreams": _upstreams,

@@ -51,10 +51,11 @@ class FluxAuthApp:
         await self.forwarder.start()
         settings = self.settings
         log.info(
-            "fluxauth started: upstream %s%s, redis %s",
+            "fluxauth started: upstream %s%s, redis %s, store %s",
             redact_url(settings.upstream),
             "".join(f", {name} {redact_url(url)}" for name, url in sorted(settings.upstreams.items())),
             redact_url(settings.redis_url) if settings.redis_url else "not configured",
+            redact_url(settings.store),
         )
 
     async def shutdown(self) -> None:

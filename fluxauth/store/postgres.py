@@ -102,7 +102,7 @@ class Location:
         database = str(params.get("dbname") or params.get("user") or "")
         self.where = f"{host}:{port}/{database}" if database else f"{host}:{port}"
 
-    def connect_kwargs(self, timeout: float) -> dict[str, Any]:
+    def connect_kwargs(self, timeout: float, application: str = "fluxauth") -> dict[str, Any]:
         """libpq settings added to the URL's own, which win."""
         extra: dict[str, Any] = {
             # libpq takes whole seconds and treats less than 2 as 2.
@@ -110,7 +110,7 @@ class Location:
             # A peer that stops answering (host gone, network cut) fails the
             # call instead of leaving it waiting for TCP's own minutes.
             "tcp_user_timeout": int(timeout * 1000),
-            "application_name": "fluxauth",
+            "application_name": application,  # who is who in pg_stat_activity
         }
         return {name: value for name, value in extra.items() if name not in self.params}
 
@@ -311,7 +311,7 @@ class PostgresListener:
 
     def __init__(self, location: Location, timeout: float) -> None:
         self._location = location
-        self._kwargs = location.connect_kwargs(timeout)
+        self._kwargs = location.connect_kwargs(timeout, "fluxauth-listen")
         self.sessions = 0  # how many times listening started: tests and metrics read it
 
     async def follow(self, on_notice: Callable[[], Awaitable[object]]) -> None:

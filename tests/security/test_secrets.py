@@ -174,6 +174,9 @@ def test_secrets_url_userinfo_is_redacted(captured: io.StringIO) -> None:
     assert redact_url("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
     assert redact_url("see http://user:p@ss@host/x and https://u:v@h") == "see http://***@host/x and https://***@h"
     assert redact_url("http://host/a@b") == "http://host/a@b"  # an '@' in the path is no userinfo
+    assert redact_url("postgresql://u:pw@db/f?sslmode=require&password=pw2") == (
+        "postgresql://***@db/f?sslmode=require&password=***"
+    )
     logging.getLogger("aiohttp.client").warning("cannot connect to %s", f"http://svc:{UPSTREAM_PASSWORD}@up:8001/x")
     try:
         raise ValueError(f"redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0 refused")

@@ -30,16 +30,8 @@ def fault_url(pg_server: PostgresServer) -> Iterator[str]:
     """A fresh schema on the module's own server, its URL carrying a password (which trust ignores)."""
     url = new_schema(pg_server.url).replace("postgres@", f"postgres:{PASSWORD}@", 1)
     yield url
-    if not _running(pg_server):
+    if not pg_server.running():
         pg_server.start()
-
-
-def _running(server: PostgresServer) -> bool:
-    try:
-        psycopg.connect(server.admin_url, connect_timeout=2).close()
-    except psycopg.OperationalError:
-        return False
-    return True
 
 
 def test_unreachable_at_open_one_line_naming_host_and_port() -> None:

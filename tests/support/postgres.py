@@ -121,6 +121,13 @@ class PostgresServer:
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
         return self
 
+    def running(self) -> bool:
+        try:
+            psycopg.connect(self.admin_url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
     def stop(self, mode: str = "fast") -> None:
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
@@ -146,18 +153,11 @@ class PostgresServer:
             params += (application,)
         return int(pg_rows(self.admin_url, query, params)[0][0])
 
-    def wait_sessions(self, count: int, *, database: str = "fluxauth", query: str = "LISTEN%") -> None:
-        """Wait (bounded) until ``count`` sessions of ``database`` last ran a statement like ``query``."""
+    def wait_sessions(self, count: int, *, database: str = "fluxauth", application: str) -> None:
+        """Wait (bounded) until ``database`` has ``count`` sessions of ``application``."""
         deadline = time.monotonic() + 10
-        while True:
-            rows = pg_rows(
-                self.admin_url,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
-                (database, query),
-            )
-            if rows[0][0] >= count:
-                return
-            assert time.monotonic() < deadline, f"fewer than {count} sessions ran {query!r}"
+        while self.sessions(database, application) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} sessions of {application}"
             time.sleep(0.02)
 
     def remove(self) -> None:

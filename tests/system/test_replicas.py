@@ -1,4 +1,4 @@
-"""Several replicas as separate ``fluxauth serve`` processes sharing one store and Redis.
+"""Several replicas as separate ``fluxauth serve`` processes sharing one store (SQLite or PostgreSQL) and Redis.
 
 This is the shape operators run behind a load balancer; everything here goes
 through real processes: the servers, the command line, Redis.
@@ -15,13 +15,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from tests.conftest import basic, http
+from tests.support.postgres import new_schema
 from tests.support.servers import ServerThread, free_port, redis_url
 
 REDIS_URL = redis_url()
@@ -68,11 +68,14 @@ class Replica:
 
 
 class Cluster:
-    def __init__(self, directory: Path, upstream: str) -> None:
+    """Replicas sharing ``store`` and, unless it is None, ``redis``; ``settings`` are further FLUXAUTH_* values."""
+
+    def __init__(self, store: str, upstream: str, redis: str | None = REDIS_URL, **settings: str) -> None:
         self.env = {
             **os.environ,
-            "FLUXAUTH_STORE": str(directory / "store.db"),
-            "FLUXAUTH_REDIS_URL": REDIS_URL,
+            "FLUXAUTH_STORE": store,
+            **({"FLUXAUTH_REDIS_URL": redis} if redis else {}),
+            **{f"FLUXAUTH_{name.upper()}": value for name, value in settings.items()},
             "FLUXAUTH_ARGON2_PROFILE": "cheapest",
             "FLUXAUTH_UPSTREAM": upstream,
             "FLUXAUTH_LOG_LEVEL": "warning",
@@ -85,7 +88,7 @@ class Cluster:
     def cli(self, *args: str, redis_url: str | None = REDIS_URL) -> str:
         env = dict(self.env)
         if redis_url is None:
-            env.pop("FLUXAUTH_REDIS_URL")
+            env.pop("FLUXAUTH_REDIS_URL", None)
         done = subprocess.run(
             [sys.executable, "-m", "fluxauth", *args], env=env, capture_output=True, text=True, check=False
         )
@@ -100,11 +103,18 @@ class Cluster:
         return started
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread
+) -> Iterator[Cluster]:
+    """Three replicas and Redis, on one SQLite file (one host) or one PostgreSQL database (any number of hosts)."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), upstream.url)
+    if request.param == "sqlite":
+        store = str(tmp_path_factory.mktemp("cluster") / "store.db")
+    else:
+        store = new_schema(request.getfixturevalue("pg_database"))
+    cluster = Cluster(store, upstream.url)
     cluster.cli("orgs", "create", "seed")  # creates the store before the replicas open it
     cluster.start(3)
     yield cluster
