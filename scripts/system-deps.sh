@@ -37,19 +37,27 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 
 # The tests use the PostgreSQL on 127.0.0.1:5432 (user postgres, trust), each
-# session a database of its own. Where none answers, start one of our own.
-if ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-  pg_data="${TMPDIR:-/tmp}/fluxauth-test-postgres"
-  as_postgres=()
-  [ "$(id -u)" = 0 ] && as_postgres=(runuser -u postgres --)
-  echo "system-deps: starting PostgreSQL on 127.0.0.1:5432 ($pg_data)" >&2
-  if [ ! -s "$pg_data/PG_VERSION" ]; then
-    mkdir -p "$pg_data"
-    [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_data"
-    "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 >/dev/null
+# session a database of its own; FLUXAUTH_TEST_POSTGRES names another. Where
+# none answers, start one of our own.
+if [ -z "${FLUXAUTH_TEST_POSTGRES:-}" ]; then
+  if ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    pg_data="${TMPDIR:-/tmp}/fluxauth-test-postgres"
+    as_postgres=()
+    [ "$(id -u)" = 0 ] && as_postgres=(runuser -u postgres --)
+    echo "system-deps: starting PostgreSQL on 127.0.0.1:5432 ($pg_data)" >&2
+    if [ ! -s "$pg_data/PG_VERSION" ]; then
+      mkdir -p "$pg_data"
+      [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_data"
+      "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w start \
+      -o "-p 5432 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_data" >/dev/null
   fi
-  "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w start \
-    -o "-p 5432 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_data" >/dev/null
+  if ! "$pg_bin/psql" -w -Atq -c "SELECT 1" "postgresql://postgres@127.0.0.1:5432/postgres" >/dev/null 2>&1; then
+    echo "system-deps: the PostgreSQL on 127.0.0.1:5432 does not let user postgres in without a password;" \
+      "set FLUXAUTH_TEST_POSTGRES to the URL of one that lets the tests create databases" >&2
+    exit 1
+  fi
 fi
 
 # The browser tests drive Debian's Chromium with playwright-core, which never
