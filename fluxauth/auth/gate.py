@@ -31,12 +31,12 @@ from fluxauth.auth.shared import SharedCache
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings
 from fluxauth.decision.cors import Cors
-from fluxauth.decision.credentials import BasicCredentials, MalformedCredentials, credentials_from, split_basic
-from fluxauth.decision.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_path, refuse_request
+from fluxauth.decision.credentials import BasicCredentials, credentials_from, split_basic
+from fluxauth.decision.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_error
 from fluxauth.decision.proxies import ProxyTrust
-from fluxauth.decision.request import BadRequest, RequestHead, check_framing
-from fluxauth.decision.target import PathError, Target, check_query, parse_target
-from fluxauth.errors import ConfigError, StoreUnavailable
+from fluxauth.decision.request import RequestHead, check_framing
+from fluxauth.decision.target import Target, check_query, parse_target
+from fluxauth.errors import ConfigError, ConflictingCredentials, MalformedCredentials, Refusal, StoreUnavailable
 from fluxauth.histogram import Histogram
 from fluxauth.store import Change, ChangeListener, Credential, OrgPolicy, Store, open_store
 from fluxauth.store.aio import AsyncStore
@@ -304,13 +304,10 @@ class Gate:
         """The request's target once its framing, path and query pass; the refusal if they do not."""
         try:
             check_framing(head, max_url_length=self.settings.max_url_length)
-        except BadRequest as exc:
-            return refuse_request(exc)
-        try:
             target = parse_target(head.raw_path, self.protocols)
             check_query(head.query)
-        except PathError as exc:
-            return refuse_path(exc)
+        except Refusal as exc:
+            return refuse_error(exc)
         return target
 
     def _decide(self, head: RequestHead, target: Target, policy: OrgPolicy | None, auth: Auth | None) -> Decision:
@@ -356,7 +353,7 @@ class Gate:
             credentials = credentials_from(*raw)
         except MalformedCredentials as exc:
             self.limiter.record(self._client(head))
-            return (Failure.AMBIGUOUS if exc.status == 400 else Failure.MALFORMED), None
+            return (Failure.AMBIGUOUS if isinstance(exc, ConflictingCredentials) else Failure.MALFORMED), None
         client = self._client(head)
         generation = self.cache.generation
         if self.shared is not None:

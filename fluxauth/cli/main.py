@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 from fluxauth.clock import system_clock
 from fluxauth.config.durations import format_duration, parse_duration
 from fluxauth.config.settings import Settings, load_settings
-from fluxauth.decision.names import split_repository
 from fluxauth.errors import Conflict, FluxAuthError, InputError, StoreUnavailable
 from fluxauth.manage.admin import Admin, IssuedToken, iso
+from fluxauth.names import split_repository
 from fluxauth.store import Change, KeyRecord, Store, open_store
 from fluxauth.store.copy import copy_store
 

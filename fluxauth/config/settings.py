@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from fluxauth.config.durations import parse_duration
 from fluxauth.errors import ConfigError, InputError
+from fluxauth.names import check_protocol
 
 Argon2Profile = Literal["rfc9106-low-memory", "rfc9106-high-memory", "cheapest"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -98,6 +99,18 @@ class Settings:
     client_body_timeout: float = 30.0  # the longest pause between two pieces of a request body
     send_timeout: float = 30.0  # the longest a client may leave a piece of the response unread
 
+    def __post_init__(self) -> None:
+        # Built in code (the middleware's public API) or by load_settings: the
+        # same checks either way. Each converter accepts its own output, so a
+        # value that is already right passes through unchanged.
+        for item in dataclasses.fields(self):
+            object.__setattr__(self, item.name, _CONVERTERS[item.name](item.name, getattr(self, item.name)))
+        if self.key_default_lifetime > self.key_max_lifetime:
+            raise ConfigError("key_default_lifetime: must not exceed key_max_lifetime")
+        for protocol in self.upstreams:
+            if protocol not in self.protocols:
+                raise ConfigError(f"upstreams.{protocol}: not one of the enabled protocols")
+
     def upstream_for(self, protocol: str) -> str:
         """The upstream base URL for ``protocol``, or the default one."""
         return self.upstreams.get(protocol, self.upstream)
@@ -155,10 +168,10 @@ def _url(key: str, raw: object) -> str:
 
 
 def _words(key: str, raw: object) -> tuple[str, ...]:
-    """A list from TOML, or a comma-separated string from the environment."""
+    """A list from TOML (or a tuple, in code), or a comma-separated string from the environment."""
     if isinstance(raw, str):
         items = [part.strip() for part in raw.split(",")]
-    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+    elif isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
         items = [item.strip() for item in raw]
     else:
         raise ConfigError(f"{key}: expected a list of strings or a comma-separated string, got {raw!r}")
@@ -168,8 +181,10 @@ def _words(key: str, raw: object) -> tuple[str, ...]:
 def _protocols(key: str, raw: object) -> tuple[str, ...]:
     names = _words(key, raw)
     for name in names:
-        if not name.isascii() or not name.isalnum() or not name.islower():
-            raise ConfigError(f"{key}: protocol names are lower-case letters and digits, got {name!r}")
+        try:
+            check_protocol(name)
+        except InputError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     if not names:
         raise ConfigError(f"{key}: at least one protocol is needed")
     return names
@@ -203,6 +218,8 @@ def _origins(key: str, raw: object) -> tuple[str, ...]:
 
 
 def _networks(key: str, raw: object) -> tuple[Network, ...]:
+    if isinstance(raw, list | tuple):  # networks already, in code
+        raw = [str(item) if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network) else item for item in raw]
     try:
         return tuple(ipaddress.ip_network(item, strict=False) for item in _words(key, raw))
     except ValueError as exc:
@@ -259,7 +276,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
 
 
 def _secret(key: str, raw: object) -> Secret | None:
-    text = _optional_text(key, raw)
+    text = _optional_text(key, raw.reveal() if isinstance(raw, Secret) else raw)
     if text is not None and len(text) < 16:
         raise ConfigError(f"{key}: use at least 16 characters")
     return None if text is None else Secret(text)
@@ -269,7 +286,7 @@ def _upstreams(key: str, raw: object) -> Mapping[str, str]:
     if isinstance(raw, str):  # env: "tiles=http://a:1,wms=http://b:2"
         pairs = [item.partition("=") for item in _words(key, raw)]
         raw = {name.strip(): url.strip() for name, _, url in pairs}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, Mapping):
         raise ConfigError(f"{key}: expected a table of protocol = URL, got {raw!r}")
     return {str(name): _url(f"{key}.{name}", url) for name, url in raw.items()}
 
@@ -343,11 +360,4 @@ def load_settings(
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r}")
     raw.update({key: value for key, value in overrides.items() if value is not None})
-    values = {key: _CONVERTERS[key](key, value) for key, value in raw.items()}
-    settings = Settings(**values)
-    if settings.key_default_lifetime > settings.key_max_lifetime:
-        raise ConfigError("key_default_lifetime: must not exceed key_max_lifetime")
-    for protocol in settings.upstreams:
-        if protocol not in settings.protocols:
-            raise ConfigError(f"upstreams.{protocol}: not one of the enabled protocols")
-    return settings
+    return Settings(**raw)  # type: ignore[arg-type]  # checked and converted by Settings itself

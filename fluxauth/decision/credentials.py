@@ -1,8 +1,8 @@
 """The ``Authorization: Basic`` header: username = org, password = API key.
 
 Three outcomes, as in httpx's auth flow: ``BasicCredentials`` (well formed),
-``None`` (no credentials: anonymous), or ``MalformedCredentials`` raised with
-the status to answer. Nothing here looks anything up.
+``None`` (no credentials: anonymous), or ``MalformedCredentials`` raised (401;
+``ConflictingCredentials``, 400, for two headers). Nothing here looks anything up.
 """
 
 from __future__ import annotations
@@ -12,19 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fluxauth.decision.tokens import TokenParts, parse_token
+from fluxauth.errors import ConflictingCredentials, MalformedCredentials
 
 # A Basic value for an org name and an ``ema_`` token is ~100 bytes; anything
 # far larger is an attack on the decoder, not a credential.
 MAX_HEADER_BYTES = 1024
-
-
-class MalformedCredentials(Exception):
-    """The header cannot be a fluxauth credential; ``status`` is 401 or 400."""
-
-    def __init__(self, detail: str, status: int = 401) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +43,7 @@ def split_basic(values: Sequence[bytes]) -> tuple[bytes, bytes] | None:
     if not values:
         return None
     if len(values) > 1:
-        raise MalformedCredentials("more than one Authorization header", status=400)
+        raise ConflictingCredentials("more than one Authorization header")
     value = values[0]
     if len(value) > MAX_HEADER_BYTES:
         raise MalformedCredentials("the Authorization header is too long")

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from fluxauth.decision.request import BadRequest
-from fluxauth.decision.target import PathError, Target
+from fluxauth.decision.target import Target
+from fluxauth.errors import PathError, Refusal
 from fluxauth.model import OrgPolicy
 
 Access = Literal["read", "write"]
@@ -140,13 +140,9 @@ def refuse(failure: Failure) -> Decision:
     return _REFUSAL_DECISIONS[failure]
 
 
-def refuse_path(error: PathError) -> Decision:
-    return Decision(Outcome.REFUSE, error.status, error.error, str(error))
-
-
-def refuse_request(error: BadRequest) -> Decision:
-    """The refusal of a request whose framing, size or target length is not acceptable."""
-    return Decision(Outcome.REFUSE, error.status, error.error, str(error))
+def refuse_error(error: Refusal) -> Decision:
+    """The refusal of a request that cannot be decided on as sent (its path, framing, size), with the error's status."""
+    return Decision(Outcome.REFUSE, error.status, error.error, error.detail)
 
 
 NO_SERVICE = Decision(Outcome.REFUSE, 404, "not_found", "no such service")
@@ -165,7 +161,7 @@ def decide(
 ) -> Decision:
     """Decide on one request; ``auth=None`` means the credentials were not looked at yet."""
     if isinstance(target, PathError):
-        return refuse_path(target)
+        return refuse_error(target)
     service = None if policy is None else policy.services.get(target.protocol)
     if policy is None or service is None or not service.enabled:
         return NO_SERVICE

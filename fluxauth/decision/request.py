@@ -11,32 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fluxauth.errors import BadRequest, BodyTooLarge, UnsupportedTransferCoding, UriTooLong
 from fluxauth.types import Scope
 
 _DIGITS = re.compile(rb"[0-9]{1,19}")
-
-
-class BadRequest(Exception):
-    """The request itself cannot be handled as sent; ``status`` says how to answer."""
-
-    status = 400
-    error = "bad_request"
-
-
-class UriTooLong(BadRequest):
-    status = 414
-    error = "uri_too_long"
-
-
-class BodyTooLarge(BadRequest):
-    status = 413
-    error = "too_large"
-
-
-class UnsupportedTransferCoding(BadRequest):
-    # RFC 9112 §6.1: a transfer coding the server does not understand is 501.
-    status = 501
-    error = "not_implemented"
 
 
 @dataclass(slots=True)

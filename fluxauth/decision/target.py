@@ -16,13 +16,20 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from fluxauth import names
+from fluxauth.errors import AmbiguousPath, NotComputePath
+
 PREFIX = b"/v1/services/"
 
-# The four decided segments take a closed alphabet so that no reader can
-# decode, fold or split them differently; anything else is ambiguous.
-_PROTOCOL = re.compile(rb"[a-z0-9]{1,32}")
-_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_REF = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._+@-]{0,199}")
+# The four decided segments follow the name rules of fluxauth/names.py. An
+# org, repo or ref that is not a plain name (the repo rule: letters, digits,
+# '.', '_', '-', starting with a letter or digit; refs also '+' and '@') is
+# ambiguous (400); a plain one that is no org name names nothing that could
+# exist (404, as an unknown org does).
+_PROTOCOL = re.compile(names.PROTOCOL.encode())
+_ORG = re.compile(names.ORG.encode())
+_PLAIN_NAME = re.compile(names.REPO.encode())
+_REF = re.compile(names.REF.encode())
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(rb"[\x00-\x20\x7f\\#?]")
 _DECODED_FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f/\\?#]")
@@ -33,24 +40,6 @@ _NON_ASCII = re.compile(rb"[\x80-\xff]")
 # at: C1 controls, format characters (zero-width, bidi overrides), U+2028/9.
 _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _MAX_DECODES = 4  # enough to unwrap %25252e; each round can only shrink the segment
-
-
-class PathError(Exception):
-    """The path cannot be decided on; ``status`` says how to answer."""
-
-    status = 400
-    error = "bad_path"
-
-
-class NotComputePath(PathError):
-    """Not a compute URL, or a protocol that is not enabled: 404."""
-
-    status = 404
-    error = "not_found"
-
-
-class AmbiguousPath(PathError):
-    """A path that some reader could understand another way: 400."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,16 +155,12 @@ def _decided_segments(protocol: bytes, org: bytes, repo: bytes, ref: bytes) -> t
         if protocol and b"%" not in protocol and b"." not in protocol:
             raise NotComputePath("unknown protocol")
         raise AmbiguousPath("the protocol segment is not a plain name")
-    if not (_NAME.fullmatch(org) and _NAME.fullmatch(repo) and _REF.fullmatch(ref)):
+    if not (_PLAIN_NAME.fullmatch(org) and _PLAIN_NAME.fullmatch(repo) and _REF.fullmatch(ref)):
         raise AmbiguousPath("org, repo and ref must be plain names (letters, digits, '.', '_', '-')")
-    # "era5.." glued to what follows is "era5/.." to a proxy or alias that
-    # strips "/.../era5" as a string prefix (nginx's off-by-slash alias, Traefik
-    # StripPrefix CVE-2026-48020): no org or repo may contain "..", nor a git
-    # ref. Windows drops a trailing dot ("era5." is "era5"; git refs cannot
-    # end with one either).
-    for segment in (org, repo, ref):
-        if b".." in segment or segment.endswith(b"."):
-            raise AmbiguousPath("org, repo and ref may neither contain '..' nor end with '.'")
+    if not (names.plain(org) and names.plain(repo) and names.plain(ref)):
+        raise AmbiguousPath("org, repo and ref may neither contain '..' nor end with '.'")
+    if not _ORG.fullmatch(org):
+        raise NotComputePath("no such org")  # plain, but no org can be created with that name
     return protocol.decode("ascii"), org.decode("ascii"), repo.decode("ascii"), ref.decode("ascii")
 
 

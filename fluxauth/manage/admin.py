@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from fluxauth.auth.hashing import TokenHasher
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import MAX_GRACE_SECONDS, Settings
-from fluxauth.decision.names import check_key_name, check_org, check_repo
 from fluxauth.decision.tokens import new_token
 from fluxauth.errors import InputError
 from fluxauth.model import PERMISSIONS, REPO_ACCESS, VISIBILITIES, Permission, RepoAccess
+from fluxauth.names import check_key_name, check_org, check_repo
 from fluxauth.store import KeyRecord, ServiceRecord, Store
 
 DEFAULT_GRACE_SECONDS = 86400

@@ -14,12 +14,13 @@ from typing import Any
 from fluxauth.auth.gate import Gate
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings, load_settings, redact_url
-from fluxauth.decision.policy import Outcome, refuse_request
-from fluxauth.decision.request import BadRequest, RequestHead, check_body_size
+from fluxauth.decision.policy import Outcome, refuse_error
+from fluxauth.decision.request import RequestHead, check_body_size
+from fluxauth.errors import BodyTooLarge
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.forward import Forwarder
 from fluxauth.proxy.metrics import CONTENT_TYPE, metrics_registry, render_metrics
-from fluxauth.proxy.responses import send_json, send_refusal, send_response
+from fluxauth.proxy.responses import send_json, send_refusal, send_refused, send_response
 from fluxauth.store import Store
 from fluxauth.types import Receive, Scope, Send
 
@@ -97,8 +98,8 @@ class FluxAuthApp:
         if decision.outcome is Outcome.FORWARD:
             try:
                 check_body_size(head, max_request_body=self.settings.max_request_body)
-            except BadRequest as exc:
-                decision = refuse_request(exc)
+            except BodyTooLarge as exc:
+                decision = refuse_error(exc)
         self.outcomes[decision.status] += 1
         cors = self.gate.cors
         if decision.outcome is Outcome.FORWARD:
@@ -140,7 +141,7 @@ class FluxAuthApp:
         elif name == b"metrics":
             await send_response(send, 200, render_metrics(self.metrics), [], CONTENT_TYPE)
         else:
-            await send_json(send, 404, {"error": "not_found", "detail": "no such internal endpoint"})
+            await send_refused(send, 404, "not_found", "no such internal endpoint", [])
 
 
 class RedactingFormatter(logging.Formatter):

@@ -35,9 +35,17 @@ from fluxauth.config.settings import Settings
 from fluxauth.decision.policy import Principal
 from fluxauth.decision.proxies import ProxyTrust, forwarded_headers
 from fluxauth.decision.request import RequestHead
-from fluxauth.errors import UpstreamError, UpstreamTimeout
+from fluxauth.errors import (
+    BodyTooLarge,
+    ClientFailed,
+    ClientGone,
+    ClientStalled,
+    Refusal,
+    RequestTimeout,
+    UpstreamError,
+)
 from fluxauth.histogram import Histogram
-from fluxauth.proxy.responses import send_json
+from fluxauth.proxy.responses import send_error
 from fluxauth.types import Headers, Message, Receive, Scope, Send
 from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
 
@@ -87,13 +95,6 @@ _NOT_RELAYED = HOP_BY_HOP | {b"date"}
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
-def upstream_refusal(failure: UpstreamError) -> tuple[int, dict[str, str]]:
-    """The status and body that answer a request the upstream failed before its response began."""
-    if isinstance(failure, UpstreamTimeout):
-        return 504, {"error": "upstream_timeout", "detail": "the upstream did not answer in time"}
-    return 502, {"error": "bad_gateway", "detail": "the upstream cannot be reached"}
-
-
 def dropped_header(name: bytes) -> bool:
     """Whether a client's header ``name`` (lower case) never reaches the upstream, however it is spelled."""
     normal = name.replace(b"_", b"-")
@@ -106,22 +107,6 @@ def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
         if name.lower() == b"connection":
             named.update(part.strip().lower() for part in value.split(b","))
     return named
-
-
-class _ClientGone(Exception):
-    """The client disconnected while its request body was being forwarded."""
-
-
-class _ClientTooSlow(Exception):
-    """The client paused longer than ``client_body_timeout`` in the middle of its body."""
-
-
-class _BodyTooLarge(Exception):
-    """The streamed body went past ``max_request_body``."""
-
-
-class _SendStalled(Exception):
-    """The client did not accept a piece of the response within ``send_timeout``."""
 
 
 class Forwarder:
@@ -184,7 +169,7 @@ class Forwarder:
         ):
             lines += (name, b": ", value, b"\r\n")
         if principal is not None:
-            org, label = principal.org.encode("ascii"), principal.label.encode("ascii")  # slugs (decision/names.py)
+            org, label = principal.org.encode("ascii"), principal.label.encode("ascii")  # slugs (fluxauth/names.py)
             lines += (b"x-fluxauth-org: ", org, b"\r\nx-fluxauth-principal: ", label)
         else:
             lines.append(b"x-fluxauth-principal: anonymous")
@@ -238,7 +223,7 @@ class Forwarder:
                 await self._client_failed(send, body.failure, extra_headers)
                 return
             self.errors[exc.kind] += 1
-            await send_json(send, *upstream_refusal(exc), extra_headers)
+            await send_error(send, exc, extra_headers)
             return
         self.latency.observe(time.perf_counter() - sent_at)
         try:
@@ -251,7 +236,7 @@ class Forwarder:
             if body is None or body.failure is None:
                 self.errors[exc.kind] += 1
                 log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
-        except _SendStalled:
+        except ClientStalled:
             self.errors["client_stalled"] += 1
             log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)
         finally:
@@ -278,19 +263,12 @@ class Forwarder:
         finally:
             watch.close()
 
-    async def _client_failed(self, send: Send, failure: Exception, extra_headers: Headers) -> None:
+    async def _client_failed(self, send: Send, failure: Refusal | ClientFailed, extra_headers: Headers) -> None:
         """The client, not the upstream, broke off the request: answer it if it can still hear."""
-        if isinstance(failure, _ClientGone):
+        if isinstance(failure, ClientFailed):
             return
-        if isinstance(failure, _BodyTooLarge):
-            self.errors["body_too_large"] += 1
-            status, error = 413, "too_large"
-            detail = f"the request body is larger than {self.settings.max_request_body} bytes"
-        else:
-            self.errors["client_timeout"] += 1
-            status, error = 408, "request_timeout"
-            detail = f"the request body paused for more than {self.settings.client_body_timeout} s"
-        await send_json(send, status, {"error": error, "detail": detail}, [*extra_headers, (b"connection", b"close")])
+        self.errors["body_too_large" if isinstance(failure, BodyTooLarge) else "client_timeout"] += 1
+        await send_error(send, failure, [*extra_headers, (b"connection", b"close")])
 
 
 class _SendWatch:
@@ -317,7 +295,7 @@ class _SendWatch:
                 raise
             assert self._task is not None
             self._task.uncancel()
-            raise _SendStalled from None
+            raise ClientStalled from None
         finally:
             self._since = None
 
@@ -348,7 +326,7 @@ class _BodyReader:
         self._receive = receive
         self._limit = limit
         self._idle_timeout = idle_timeout
-        self.failure: Exception | None = None
+        self.failure: Refusal | ClientFailed | None = None
         self.received = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -357,15 +335,15 @@ class _BodyReader:
                 async with asyncio.timeout(self._idle_timeout):
                     message = await self._receive()
             except TimeoutError:
-                self.failure = _ClientTooSlow()
+                self.failure = RequestTimeout(f"the request body paused for more than {self._idle_timeout} s")
                 raise self.failure from None
             if message["type"] == "http.disconnect":
-                self.failure = _ClientGone()
+                self.failure = ClientGone()
                 raise self.failure
             body = message.get("body", b"")
             self.received += len(body)
             if self._limit and self.received > self._limit:
-                self.failure = _BodyTooLarge()
+                self.failure = BodyTooLarge(f"the request body is larger than {self._limit} bytes")
                 raise self.failure
             if body:
                 yield body

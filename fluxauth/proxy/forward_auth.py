@@ -26,8 +26,8 @@ from __future__ import annotations
 from fluxauth.auth.gate import Gate
 from fluxauth.decision.policy import Decision, Outcome
 from fluxauth.decision.request import RequestHead
-from fluxauth.errors import FluxAuthError
-from fluxauth.proxy.responses import refusal_headers, send_json, send_response
+from fluxauth.errors import UnclearForwardAuth
+from fluxauth.proxy.responses import refusal_headers, send_refused, send_response
 from fluxauth.types import Headers, Scope, Send
 
 NGINX_STATUSES = frozenset({401, 403})
@@ -43,12 +43,11 @@ PREFLIGHT_HERE = Decision(
 )
 
 
-class UnclearRequest(FluxAuthError):
-    """The proxy did not say, or said more than once, which request it asks about (400)."""
+class UnclearRequest(UnclearForwardAuth):
+    """``UnclearForwardAuth``, and whether the proxy asking is nginx (which gets the 400 as a 403)."""
 
     def __init__(self, detail: str, *, nginx: bool) -> None:
         super().__init__(detail)
-        self.detail = detail
         self.nginx = nginx
 
 
@@ -116,13 +115,13 @@ async def answer(gate: Gate, scope: Scope, send: Send) -> Decision | None:
     """Answer one forward-auth subrequest; returns the decision, if one was made."""
     client = scope.get("client")
     if client is None or not gate.proxies.is_trusted(client[0]):
-        await send_json(send, 403, {"error": "forbidden", "detail": "forward-auth answers trusted proxies only"})
+        await send_refused(send, 403, "forbidden", "forward-auth answers trusted proxies only", [])
         return None
     try:
         head, nginx = original_request(scope)
     except UnclearRequest as exc:
-        status = 403 if exc.nginx else 400
-        await send_json(send, status, {"error": "bad_request", "detail": exc.detail}, [(b"x-fluxauth-status", b"400")])
+        status = 403 if exc.nginx else exc.status
+        await send_refused(send, status, exc.error, exc.detail, [(b"x-fluxauth-status", str(exc.status).encode())])
         return None
     decision = await gate.check(head)
     if decision.outcome is Outcome.PREFLIGHT:
@@ -135,7 +134,5 @@ async def answer(gate: Gate, scope: Scope, send: Send) -> Decision | None:
     extra = [(b"x-fluxauth-status", str(status).encode()), *cors]
     if nginx and status not in NGINX_STATUSES:
         status = 403
-    await send_json(
-        send, status, {"error": decision.error, "detail": decision.detail}, refusal_headers(decision) + extra
-    )
+    await send_refused(send, status, decision.error, decision.detail, refusal_headers(decision) + extra)
     return decision

@@ -1,10 +1,15 @@
-"""Answers that fluxauth gives itself: refusals as short JSON, preflights, internal endpoints."""
+"""Answers that fluxauth gives itself: refusals as short JSON, preflights, internal endpoints.
+
+Every refusal's body, on the ASGI path and from the protocol alike, is
+``refusal_body``: ``{"error": ..., "detail": ...}``, never echoing what the client sent.
+"""
 
 from __future__ import annotations
 
 import json
 
 from fluxauth.decision.policy import Decision
+from fluxauth.errors import Refusal, UpstreamError
 from fluxauth.types import Headers, Send
 
 # RFC 7617 §2.1: the charset parameter tells clients to send UTF-8.
@@ -22,6 +27,11 @@ def own_headers(body: bytes, content_type: bytes) -> Headers:
 
 def json_body(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def refusal_body(error: str, detail: str) -> bytes:
+    """The body of every refusal fluxauth answers, whichever layer writes it."""
+    return json_body({"error": error, "detail": detail})
 
 
 async def send_response(send: Send, status: int, body: bytes, headers: Headers, content_type: bytes) -> None:
@@ -43,11 +53,16 @@ def refusal_headers(decision: Decision) -> Headers:
     return headers
 
 
+async def send_refused(send: Send, status: int, error: str, detail: str, headers: Headers) -> None:
+    """A refusal with ``refusal_body``."""
+    await send_response(send, status, refusal_body(error, detail), headers, b"application/json")
+
+
 async def send_refusal(send: Send, decision: Decision, extra: Headers) -> None:
-    """A refusal: ``{"error": ..., "detail": ...}``, never echoing what the client sent."""
-    await send_json(
-        send,
-        decision.status,
-        {"error": decision.error, "detail": decision.detail},
-        refusal_headers(decision) + extra,
-    )
+    """The refusal that ``decision`` says, with its challenge or Retry-After."""
+    await send_refused(send, decision.status, decision.error, decision.detail, refusal_headers(decision) + extra)
+
+
+async def send_error(send: Send, error: Refusal | UpstreamError, extra: Headers) -> None:
+    """The answer to a request refused, or failed by the upstream, before its response began."""
+    await send_refused(send, error.status, error.error, error.detail, extra)

@@ -39,8 +39,8 @@ from fluxauth.decision.request import RequestHead
 from fluxauth.errors import UpstreamBroken, UpstreamError
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.app import DECISION, FluxAuthApp
-from fluxauth.proxy.forward import upstream_refusal, upstream_response_headers
-from fluxauth.proxy.responses import json_body, own_headers
+from fluxauth.proxy.forward import upstream_response_headers
+from fluxauth.proxy.responses import own_headers, refusal_body
 from fluxauth.types import Headers
 from fluxauth.upstream.pool import Connection
 
@@ -256,9 +256,8 @@ class Splice:
             self._protocol.run_asgi(self._cycle)
             return
         hot.forwarder.errors[failure.kind] += 1
-        status, payload = upstream_refusal(failure)
-        body = json_body(payload)
-        respond(self._protocol, self._cycle, status, own_headers(body, b"application/json") + self._extra, body)
+        body = refusal_body(failure.error, failure.detail)
+        respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)
 
     # -- the client's side (called by the protocol) ----------------------------
 

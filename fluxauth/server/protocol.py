@@ -30,8 +30,8 @@ is about to run as an ASGI task is offered to it first.
 from __future__ import annotations
 
 import asyncio
-import json
 from asyncio import TimerHandle
+from http import HTTPStatus
 from typing import Any, Literal
 
 from uvicorn._types import ASGI3Application
@@ -40,6 +40,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from fluxauth.config.settings import Settings
+from fluxauth.errors import HeadTooLarge, Refusal, RequestTimeout
+from fluxauth.proxy.responses import refusal_body
 from fluxauth.server.hotpath import Splice, hot_path_of
 
 
@@ -60,10 +62,11 @@ def _settings_of(app: object) -> Settings:
     return Settings()
 
 
-def _refusal(status: int, reason: str, error: str, detail: str) -> bytes:
-    body = json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+def _refusal(refusal: Refusal) -> bytes:
+    """A whole answer to ``refusal``, as the protocol writes it before the app ever sees the request."""
+    body = refusal_body(refusal.error, refusal.detail)
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -239,19 +242,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # before it: not the client's delay.
             self._wait("head", self.header_timeout)
             return
-        self._refuse(
-            408, "Request Timeout", "request_timeout", f"the request head took longer than {self.header_timeout} s"
-        )
+        self._refuse(RequestTimeout(f"the request head took longer than {self.header_timeout} s"))
 
     def _refuse_too_large(self) -> None:
-        self._refuse(
-            431,
-            "Request Header Fields Too Large",
-            "headers_too_large",
-            f"the request line and headers are longer than {self.max_header_bytes} bytes",
-        )
+        self._refuse(HeadTooLarge(f"the request line and headers are longer than {self.max_header_bytes} bytes"))
 
-    def _refuse(self, status: int, reason: str, error: str, detail: str) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
         self._refused = True
         self._stop_timer()
         if self.cycle is not None and not self.cycle.response_complete:
@@ -259,5 +255,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self.flow.pause_reading()
             return
-        self.transport.write(_refusal(status, reason, error, detail))
+        self.transport.write(_refusal(refusal))
         self.transport.close()

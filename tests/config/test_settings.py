@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from pathlib import Path
@@ -290,3 +291,40 @@ def test_load_settings_invalid_toml_names_file(tmp_path: Path) -> None:
     """A file that is not TOML is a ConfigError naming the file."""
     with pytest.raises(ConfigError, match=re.escape("fluxauth.toml")):
         load_settings(write(tmp_path, "store = \n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({"upstream": "not a url"}, "upstream: expected an http(s) URL", id="upstream"),
+        pytest.param({"cache_ttl": -5}, "cache_ttl: expected a whole number >= 1", id="negative-ttl"),
+        pytest.param({"protocols": ("tiles", "Bad")}, "protocols: bad protocol name", id="protocol"),
+        pytest.param({"trusted_proxies": ("not-an-address",)}, "trusted_proxies", id="proxies"),
+        pytest.param({"key_default_lifetime": 10, "key_max_lifetime": 5}, "key_default_lifetime", id="lifetimes"),
+        pytest.param({"upstreams": {"nope": "http://a:1"}}, "upstreams.nope", id="upstream-protocol"),
+        pytest.param({"cache_secret": Secret("short")}, "cache_secret: use at least 16", id="secret"),
+    ],
+)
+def test_settings_built_in_code_are_checked_like_loaded_ones(overrides: dict[str, object], message: str) -> None:
+    """``Settings(...)`` (the middleware's API) refuses what ``load_settings`` refuses, naming the key."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_settings_built_in_code_are_normalized_like_loaded_ones() -> None:
+    """Values given in code come out in the same form as from the file or the environment."""
+    settings = Settings(
+        upstream="http://up.internal:8001/",
+        trusted_proxies=("10.0.0.0/8",),  # type: ignore[arg-type]
+        cors_allow_origins=("https://Maps.Example.org/",),
+    )
+    assert settings.upstream == "http://up.internal:8001"
+    assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert settings.cors_allow_origins == ("https://maps.example.org",)
+    assert dataclasses.replace(settings, cache_ttl=60).trusted_proxies == settings.trusted_proxies
+
+
+def test_settings_replace_is_checked_too() -> None:
+    """``dataclasses.replace`` builds a new Settings and checks it."""
+    with pytest.raises(ConfigError, match="send_timeout"):
+        dataclasses.replace(Settings(), send_timeout=0)

@@ -6,8 +6,9 @@ import base64
 
 import pytest
 
-from fluxauth.decision.credentials import MAX_HEADER_BYTES, BasicCredentials, MalformedCredentials, parse_basic
+from fluxauth.decision.credentials import MAX_HEADER_BYTES, BasicCredentials, parse_basic
 from fluxauth.decision.tokens import TokenParts
+from fluxauth.errors import MalformedCredentials
 
 TOKEN_ID = "0123456789abcdef"
 SECRET = "S3cr3t-S3cr3t_S3cr3t-S3cr3t_S3cr3t-S3cr3"

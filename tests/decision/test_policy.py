@@ -17,7 +17,8 @@ from fluxauth.decision.policy import (
     decide,
     refuse,
 )
-from fluxauth.decision.target import AmbiguousPath, NotComputePath, PathError, Target
+from fluxauth.decision.target import Target
+from fluxauth.errors import AmbiguousPath, NotComputePath, PathError
 from fluxauth.model import OrgPolicy, ServiceRecord
 
 NOW = 1_800_000_000.0

@@ -6,13 +6,12 @@ import pytest
 
 from fluxauth.config.settings import DEFAULT_PROTOCOLS
 from fluxauth.decision.target import (
-    AmbiguousPath,
-    NotComputePath,
-    PathError,
     Target,
     check_query,
     parse_target,
 )
+from fluxauth.errors import AmbiguousPath, NotComputePath, PathError
+from fluxauth.names import check_org
 
 PROTOCOLS = frozenset(DEFAULT_PROTOCOLS)
 BASE = b"/v1/services/tiles/acme/era5/main"
@@ -34,7 +33,7 @@ ACCEPTED = [
     (b"/v1/services/zarr/acme/era5/main/.zmetadata", ("zarr", "acme", "era5", "main")),
     (b"/v1/services/zarr/acme/era5/main//double//slash", ("zarr", "acme", "era5", "main")),
     # Names and refs in their full alphabets.
-    (b"/v1/services/tiles/Acme-2/era5_v1.0/v1.2.3/x", ("tiles", "Acme-2", "era5_v1.0", "v1.2.3")),
+    (b"/v1/services/tiles/acme-2/Era5_v1.0/v1.2.3/x", ("tiles", "acme-2", "Era5_v1.0", "v1.2.3")),
     (b"/v1/services/tiles/acme/era5/0123456789abcdef0123/x", ("tiles", "acme", "era5", "0123456789abcdef0123")),
     (b"/v1/services/tiles/acme/era5/release-1+build@2/x", ("tiles", "acme", "era5", "release-1+build@2")),
     # Escapes after the decided segments that every reader decodes the same way.
@@ -183,6 +182,29 @@ def test_parse_target_configured_protocol_is_accepted() -> None:
     """An extra protocol from the configuration is accepted like a default one."""
     target = parse_target(b"/v1/services/wcs/acme/era5/main/wcs", frozenset({"wcs"}))
     assert target.protocol == "wcs"
+
+
+# Plain characters, but names that fluxauth.names would never let anyone create.
+UNCREATABLE = [
+    b"/v1/services/tiles/Acme/era5/main/x",  # orgs are lower case
+    b"/v1/services/tiles/acme_corp/era5/main/x",  # no '_' in an org
+    b"/v1/services/tiles/acme.corp/era5/main/x",  # nor '.'
+    b"/v1/services/tiles/" + b"a" * 64 + b"/era5/main/x",  # at most 63
+]
+
+
+@pytest.mark.parametrize("raw_path", UNCREATABLE)
+def test_parse_target_uncreatable_name_is_404(raw_path: bytes) -> None:
+    """A path naming an org or repo that no command could create is not found, like an unknown org."""
+    with pytest.raises(NotComputePath, match="no such org"):
+        parse_target(raw_path, PROTOCOLS)
+
+
+@pytest.mark.parametrize("org", ["acme", "acme-2", "a" * 63, "0"])
+def test_parse_target_accepts_every_creatable_org(org: str) -> None:
+    """Every org name the command line can create can be named in a path."""
+    assert check_org(org) == org
+    assert parse_target(f"/v1/services/tiles/{org}/era5/main/x".encode(), PROTOCOLS).org == org
 
 
 def test_parse_target_path_errors_share_one_root() -> None:

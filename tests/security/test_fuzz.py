@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 
 from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
-from fluxauth.decision.credentials import MAX_HEADER_BYTES, BasicCredentials, MalformedCredentials, parse_basic
+from fluxauth.decision.credentials import MAX_HEADER_BYTES, BasicCredentials, parse_basic
 from fluxauth.decision.policy import READ_METHODS, Decision, Failure, Outcome, Principal, decide
-from fluxauth.decision.target import AmbiguousPath, NotComputePath, PathError, Target, check_query, parse_target
+from fluxauth.decision.target import Target, check_query, parse_target
+from fluxauth.errors import AmbiguousPath, MalformedCredentials, NotComputePath, PathError
 from fluxauth.manage.admin import Admin
 from fluxauth.model import OrgPolicy, ServiceRecord
 from tests.support.readers import Served, get_raw, request_bytes, send_raw, serve

@@ -18,7 +18,8 @@ import pytest
 
 from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
-from fluxauth.decision.request import BadRequest, RequestHead, check_framing
+from fluxauth.decision.request import RequestHead, check_framing
+from fluxauth.errors import BadRequest
 from fluxauth.manage.admin import Admin
 from fluxauth.proxy.middleware import FluxAuthMiddleware
 from fluxauth.store.sqlite import SQLiteStore

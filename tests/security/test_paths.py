@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
 from fluxauth.decision.policy import Outcome
-from fluxauth.decision.target import AmbiguousPath, check_query, parse_target
+from fluxauth.decision.target import check_query, parse_target
+from fluxauth.errors import AmbiguousPath
 from fluxauth.manage.admin import Admin
 from tests.support.readers import (
     NginxReader,

@@ -1,4 +1,4 @@
-"""Tests for fluxauth.decision.names: what org, repo and key names may look like."""
+"""Tests for fluxauth.names: what org, repo and key names may look like."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from fluxauth.decision.names import check_key_name, check_org, check_repo, split_repository
 from fluxauth.errors import InputError
+from fluxauth.names import check_key_name, check_org, check_repo, split_repository
 
 Check = Callable[[str], str]
 
