@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit system-deps bench loadtest clean
+.PHONY: demo test lint typecheck unit quick system-deps bench loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The unit tests alone (no servers, no processes): seconds, for the edit-test loop.
+quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not servers"
 
 test: $(STAMP) system-deps lint typecheck unit
 

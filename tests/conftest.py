@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import pytest
@@ -15,15 +15,30 @@ from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
 from fluxauth.demo.upstream import create_app
 from fluxauth.manage.admin import Admin
-from fluxauth.proxy.app import FluxAuthApp
 from fluxauth.store.sqlite import SQLiteStore
-from tests.support.servers import ServerThread
+from tests.support.servers import Proxy, ServerThread, start_proxy
 
 if TYPE_CHECKING:
     from tests.support.clients import Stack
 
 # PostgreSQL: the session's own database (pg_database, pg_url) and servers of a test's own (pg_server).
 pytest_plugins = ("tests.support.postgres",)
+
+# Tests that start real servers (uvicorn in a thread, nginx, Caddy, Chromium,
+# PostgreSQL, fluxauth serve, Redis) are marked ``servers``; the rest are unit
+# tests of one part in process (``pytest -m "not servers"``: seconds). A test is
+# a server test when it uses one of these fixtures, directly or through
+# another, or its module says ``pytestmark = pytest.mark.servers``.
+SERVER_FIXTURES = frozenset({"upstream", "proxy_factory", "stack", "pg_database", "pg_server", "redis_db"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and "postgresql" in callspec.params.values()
+        if on_postgres or SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
 
 # One client for quick one-off requests: httpx.get() builds a whole Client,
 # SSL context included, for every call (tens of milliseconds each).
@@ -77,35 +92,25 @@ def admin(store: SQLiteStore, settings: Settings, clock: FakeClock) -> Admin:
     return Admin(store, settings, clock)
 
 
-@dataclasses.dataclass
-class Proxy:
-    """A running fluxauth in front of the demo upstream, with its clock and app in reach."""
+class ProxyFactory(Protocol):
+    """Starts fluxauth on the test's store and clock, with ``settings`` (by default the fixture's) and ``changes``."""
 
-    server: ServerThread
-    app: FluxAuthApp
-    clock: FakeClock
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-ProxyFactory = Callable[[Settings], "Proxy"]
+    def __call__(self, settings: Settings | None = None, /, **changes: Any) -> Proxy: ...
 
 
 @pytest.fixture
-def proxy_factory(store_path: str, clock: FakeClock) -> Iterator[ProxyFactory]:
-    started: list[ServerThread] = []
+def proxy_factory(settings: Settings, store_path: str, clock: FakeClock) -> Iterator[ProxyFactory]:
+    """The one way tests start fluxauth: each one stopped when the test ends."""
+    started: list[Proxy] = []
 
-    def start(settings: Settings) -> Proxy:
-        app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock)
-        server = ServerThread(app).start()
-        started.append(server)
-        return Proxy(server, app, clock)
+    def start(chosen: Settings | None = None, /, **changes: Any) -> Proxy:
+        proxy = start_proxy(dataclasses.replace(chosen or settings, **changes), store_path, clock)
+        started.append(proxy)
+        return proxy
 
     yield start
-    for server in started:
-        server.stop()
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture

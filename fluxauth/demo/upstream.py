@@ -63,39 +63,6 @@ def encode_png(width: int, height: int, rows: Iterable[bytes | bytearray]) -> by
     )
 
 
-def _parse_png(png: bytes) -> tuple[int, int, bytes]:
-    """Return ``(width, height, raw scanlines)`` of an 8-bit RGB PNG."""
-    if not png.startswith(PNG_SIGNATURE):
-        raise ValueError("not a PNG")
-    pos, width, height, idat = len(PNG_SIGNATURE), 0, 0, []
-    while pos + 8 <= len(png):
-        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
-        data = png[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, colour = struct.unpack(">IIBB", data[:10])
-            if (depth, colour) != (8, 2):
-                raise ValueError("only 8-bit RGB PNGs are supported")
-        elif kind == b"IDAT":
-            idat.append(data)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    return width, height, zlib.decompress(b"".join(idat))
-
-
-def decode_png_pixel(png: bytes, px: int, py: int) -> tuple[int, int, int]:
-    """Return the RGB colour at ``(px, py)`` of a PNG written by :func:`encode_png`."""
-    width, height, raw = _parse_png(png)
-    if not (0 <= px < width and 0 <= py < height):
-        raise ValueError("pixel outside the image")
-    stride = 1 + width * 3
-    row = raw[py * stride : (py + 1) * stride]
-    if row[0] != 0:
-        raise ValueError("only PNG filter type 0 is supported")
-    off = 1 + px * 3
-    return row[off], row[off + 1], row[off + 2]
-
-
 def _rgb_row(reds: bytes, green: int, blue: int) -> bytearray:
     """One RGB scanline: per-pixel red, constant green and blue."""
     n = len(reds)

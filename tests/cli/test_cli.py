@@ -30,6 +30,8 @@ from fluxauth.manage.admin import Admin, add_months, iso
 from fluxauth.model import Change, KeyRecord, OrgPolicy
 from fluxauth.store.sqlite import SQLiteStore
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 DAY = 86400
 TOKEN_LINE = re.compile(r"ema_[0-9a-f]{16}_[A-Za-z0-9_-]{40}\n")
 _SCRIPT = shutil.which("fluxauth", path=str(Path(sys.executable).parent))

@@ -24,6 +24,8 @@ from tests.conftest import basic, http
 from tests.support.postgres import PostgresServer, pg_rows
 from tests.support.servers import ServerThread, free_port
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 PASSWORD = "pg-secret-41d0"
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
 

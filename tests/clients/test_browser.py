@@ -40,6 +40,8 @@ from tests.support.clients import (
 )
 from tests.support.servers import ServerThread
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 BROWSER = Path(__file__).resolve().parent.parent / "browser"
 MAPLIBRE = BROWSER / "node_modules" / "maplibre-gl" / "dist"
 # The README's map is MapLibre's zoom 0, a world 512 pixels wide: on the page's 512 x 512

@@ -27,6 +27,8 @@ from tests.support.clients import (
     wrong_secret,
 )
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 ZOOM1_TILES = {TILE_PATH.format(z=1, x=x, y=y) for x in (0, 1) for y in (0, 1)}
 # No test may hang on GDAL: a bounded HTTP timeout and no retries.
 GDAL_ENV = {"GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_CONNECTTIMEOUT": "5", "GDAL_HTTP_MAX_RETRY": "0"}

@@ -29,6 +29,8 @@ from tests.support.clients import (
     wrong_secret,
 )
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 TILE = TILE_PATH.format(z=0, x=0, y=0)
 CHALLENGE = 'Basic realm="fluxauth", charset="UTF-8"'
 

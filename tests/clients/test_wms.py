@@ -33,6 +33,8 @@ from tests.support.clients import (
     wrong_secret,
 )
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 CAPABILITIES = "?service=WMS&request=GetCapabilities&version=1.3.0"
 

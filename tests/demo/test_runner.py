@@ -11,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from fluxauth.demo.upstream import decode_png_pixel
+import pytest
+
+from tests.support.clients import read_png
 from tests.support.servers import free_port
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 
 def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
@@ -47,7 +51,7 @@ def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
         subprocess.run(argv, check=True, timeout=30)
         png = output.read_bytes()
         assert png.startswith(b"\x89PNG")
-        assert decode_png_pixel(png, 128, 128) != (0, 0, 0)
+        assert read_png(png).pixel(128, 128) != (0, 0, 0)
         url = re.search(r"http://\S+", curl_line)
         assert url is not None
         refused = subprocess.run(

@@ -16,7 +16,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from starlette.types import Receive, Scope, Send
 from fluxauth.config.settings import Settings
 from fluxauth.demo.upstream import create_app
 from fluxauth.manage.admin import Admin, IssuedToken
-from tests.conftest import Proxy, ProxyFactory, basic
-from tests.support.servers import ServerThread, free_port, wait_for_port
+from tests.conftest import ProxyFactory, basic
+from tests.support.servers import Proxy, ServerThread, free_port, running_process
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -268,23 +267,6 @@ def render(template: Path, replacements: dict[str, str]) -> str:
     return text
 
 
-@contextlib.contextmanager
-def running(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run a server as a subprocess until the block ends; yields its URL."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_for_port(port, process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 NGINX_MAIN = """\
 daemon off;
 master_process off;
@@ -321,7 +303,7 @@ def nginx(tmp: Path, fluxauth_port: int, upstream_port: int, *, cache: bool = Fa
         snippet = snippet.replace("#cache ", "")
     (tmp / "forward-auth.conf").write_text(snippet)
     (tmp / "nginx.conf").write_text(NGINX_MAIN.format(tmp=tmp))
-    with running(["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")], port, tmp / "error.log") as url:
+    with running_process(["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")], port, tmp / "error.log") as url:
         yield url
 
 
@@ -340,7 +322,7 @@ def caddy(tmp: Path, fluxauth_port: int, upstream_port: int) -> Iterator[str]:
     )
     env = {**os.environ, "HOME": str(tmp), "XDG_DATA_HOME": str(tmp / "data"), "XDG_CONFIG_HOME": str(tmp / "config")}
     args = ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
-    with running(args, port, tmp / "caddy.log", env) as url:
+    with running_process(args, port, tmp / "caddy.log", env) as url:
         yield url
 
 

@@ -12,7 +12,7 @@ import ipaddress
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -23,9 +23,11 @@ from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
 from fluxauth.manage.admin import Admin, IssuedToken
 from fluxauth.store.sqlite import SQLiteStore
-from tests.conftest import basic
-from tests.support.readers import Served, get_raw, serve
-from tests.support.servers import redis_url
+from tests.conftest import ProxyFactory, basic
+from tests.support.readers import get_raw
+from tests.support.servers import Proxy, redis_url, start_proxy
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 TILE = "/v1/services/tiles/acme/era5/main/_echo"
 REDIS_URL = redis_url()
@@ -48,26 +50,16 @@ def reader(admin: Admin) -> IssuedToken:
     return admin.create_key("acme", "reader", permissions=["read"])
 
 
-Start = Callable[..., Served]
+Start = Callable[..., Proxy]
 
 
 @pytest.fixture
-def start(settings: Settings, store_path: str, clock: FakeClock, reader: IssuedToken) -> Iterator[Start]:
-    started: list[Served] = []
-
-    def run(**changes: object) -> Served:
-        served = serve(dataclasses.replace(settings, **changes), store_path, clock)  # type: ignore[arg-type]
-        started.append(served)
-        return served
-
-    yield run
-    for served in started:
-        served.server.stop()
+def start(proxy_factory: ProxyFactory, reader: IssuedToken) -> Start:
+    """fluxauth with the fixture's settings and ``changes``, the reader key made first."""
+    return proxy_factory
 
 
-def status(
-    front: Served, password: str, *, client: str | None = None, username: str = "acme"
-) -> tuple[int, str | None]:
+def status(front: Proxy, password: str, *, client: str | None = None, username: str = "acme") -> tuple[int, str | None]:
     headers = [(b"Authorization", basic(username, password)["Authorization"].encode())]
     if client:
         headers.append((b"X-Forwarded-For", client.encode()))
@@ -311,7 +303,7 @@ def test_bruteforce_unknown_and_known_ids_take_the_same_time(
     real.create_org("acme")
     real.enable_service("acme", "tiles")
     token = real.create_key("acme", "reader", permissions=["read"])
-    front = serve(
+    front = start_proxy(
         dataclasses.replace(settings, argon2_profile="rfc9106-low-memory", rate_limit_failures=1000), store_path, clock
     )
     try:

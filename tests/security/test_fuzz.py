@@ -28,7 +28,10 @@ from fluxauth.decision.target import Target, check_query, parse_target
 from fluxauth.errors import AmbiguousPath, MalformedCredentials, NotComputePath, PathError
 from fluxauth.manage.admin import Admin
 from fluxauth.model import OrgPolicy, ServiceRecord
-from tests.support.readers import Served, get_raw, request_bytes, send_raw, serve
+from tests.support.readers import get_raw, request_bytes, send_raw
+from tests.support.servers import Proxy, start_proxy
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 FAST = hypothesis_settings(max_examples=1000, deadline=None, derandomize=True, database=None)
 PROTOCOLS = frozenset({"tiles", "wms"})
@@ -269,6 +272,7 @@ def test_fuzz_decide_never_allows_what_the_table_denies(
 ) -> None:
     """``decide`` gives the table's outcome and status for every combination; it never forwards what the table refuses.
 
+
     Defence: ``fluxauth.decision.policy.decide`` (deny by default; reads only for
     public and ``authenticated``; grants within the key's own org; expiry).
     """
@@ -293,8 +297,8 @@ def fuzz_world(admin: Admin) -> str:
 
 
 @pytest.fixture
-def front(settings: Settings, store_path: str, clock: FakeClock, fuzz_world: str) -> Iterator[Served]:
-    served = serve(dataclasses.replace(settings, rate_limit_failures=10_000), store_path, clock)
+def front(settings: Settings, store_path: str, clock: FakeClock, fuzz_world: str) -> Iterator[Proxy]:
+    served = start_proxy(dataclasses.replace(settings, rate_limit_failures=10_000), store_path, clock)
     yield served
     served.server.stop()
 
@@ -307,7 +311,7 @@ HEADER_NAMES = [
 HEADER_VALUE = st.binary(max_size=60).map(lambda value: value.replace(b"\r", b"").replace(b"\n", b"").strip())
 
 
-def test_fuzz_requests_on_the_wire_never_500(front: Served, fuzz_world: str) -> None:
+def test_fuzz_requests_on_the_wire_never_500(front: Proxy, fuzz_world: str) -> None:
     """Random methods, targets and headers through uvicorn and fluxauth: no 500, no forward the key may not have.
 
     Defences: every parser refuses with its own status (no exception reaches
@@ -358,7 +362,7 @@ def test_fuzz_requests_on_the_wire_never_500(front: Served, fuzz_world: str) -> 
     assert {200, 400, 401} <= set(statuses)
 
 
-def test_fuzz_on_the_wire_sanity(front: Served, fuzz_world: str) -> None:
+def test_fuzz_on_the_wire_sanity(front: Proxy, fuzz_world: str) -> None:
     """The wire fuzzer's fixture serves the key's repo (so that the fuzzer's 200s mean something)."""
     valid = b"Basic " + base64.b64encode(f"acme:{fuzz_world}".encode())
     assert get_raw(front.port, b"/v1/services/tiles/acme/era5/main/_echo", [(b"Authorization", valid)]).status == 200

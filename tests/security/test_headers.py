@@ -23,19 +23,20 @@ from fluxauth.errors import BadRequest
 from fluxauth.manage.admin import Admin
 from fluxauth.proxy.middleware import FluxAuthMiddleware
 from fluxauth.store.sqlite import SQLiteStore
+from tests.conftest import ProxyFactory
 from tests.support.readers import (
     RawResponse,
-    Served,
     StarletteReader,
     WsgiReader,
     basic_value,
     get_raw,
     request_bytes,
     send_raw,
-    serve,
     starlette_reader,
 )
-from tests.support.servers import ServerThread
+from tests.support.servers import Proxy, ServerThread, start_proxy
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 ERA5 = b"/v1/services/tiles/acme/era5/main/x"
 PUB = b"/v1/services/tiles/acme/pub/main/x"
@@ -70,21 +71,17 @@ def wsgi() -> Iterator[WsgiReader]:
         yield reader
 
 
-Start = Callable[..., Served]
+Start = Callable[..., Proxy]
 
 
 @pytest.fixture
-def start(settings: Settings, store_path: str, clock: FakeClock, keys: Keys) -> Iterator[Start]:
-    started: list[Served] = []
+def start(proxy_factory: ProxyFactory, keys: Keys) -> Start:
+    """fluxauth in front of ``upstream``, with the fixture's settings and ``changes``, the keys made first."""
 
-    def run(upstream: str, **changes: object) -> Served:
-        served = serve(dataclasses.replace(settings, upstream=upstream, **changes), store_path, clock)
-        started.append(served)
-        return served
+    def run(upstream: str, **changes: object) -> Proxy:
+        return proxy_factory(upstream=upstream, **changes)
 
-    yield run
-    for served in started:
-        served.server.stop()
+    return run
 
 
 def seen_headers(response: RawResponse) -> dict[str, list[str]]:
@@ -357,7 +354,7 @@ def test_headers_ambiguous_framing_is_refused_never_forwarded(
     the body never reaches the upstream.
     """
     if server == "h11":
-        front = serve(dataclasses.replace(settings, upstream=starlette.url), store_path, clock, http="h11")
+        front = start_proxy(dataclasses.replace(settings, upstream=starlette.url), store_path, clock, http="h11")
     else:
         front = start(starlette.url)
     try:
@@ -389,7 +386,7 @@ def test_headers_framing_refusal_comes_from_fluxauth_under_h11(
     Defence: ``request.check_framing`` (without it the request is forwarded,
     with the client's Content-Length, to the upstream).
     """
-    front = serve(dataclasses.replace(settings, upstream=starlette.url), store_path, clock, http="h11")
+    front = start_proxy(dataclasses.replace(settings, upstream=starlette.url), store_path, clock, http="h11")
     try:
         data = request_bytes(
             BODY_TARGET,

@@ -22,20 +22,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxauth.clock import FakeClock
-from fluxauth.config.settings import Settings
 from fluxauth.manage.admin import Admin
+from tests.conftest import ProxyFactory
 from tests.support.readers import (
-    Served,
     StarletteReader,
     basic_value,
     read_all,
     request_bytes,
-    running,
     send_raw,
-    serve,
 )
-from tests.support.servers import free_port
+from tests.support.servers import Proxy, free_port, running_process
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 ECHO = b"/v1/services/tiles/acme/era5/main/_echo"
 
@@ -56,21 +54,13 @@ def keys(admin: Admin) -> Keys:
     )
 
 
-Start = Callable[..., Served]
+Start = Callable[..., Proxy]
 
 
 @pytest.fixture
-def start(settings: Settings, store_path: str, clock: FakeClock, keys: Keys) -> Iterator[Start]:
-    started: list[Served] = []
-
-    def run(**changes: object) -> Served:
-        served = serve(dataclasses.replace(settings, **changes), store_path, clock)  # type: ignore[arg-type]
-        started.append(served)
-        return served
-
-    yield run
-    for served in started:
-        served.server.stop()
+def start(proxy_factory: ProxyFactory, keys: Keys) -> Start:
+    """fluxauth with the fixture's settings and ``changes``, the keys made first."""
+    return proxy_factory
 
 
 @pytest.fixture
@@ -250,6 +240,7 @@ def test_limits_declared_body_over_the_limit_is_413_unforwarded(
 ) -> None:
     """A Content-Length over ``max_request_body`` is 413 before a byte of the body is read or anything is forwarded.
 
+
     Defence: ``request.check_body_size`` in ``FluxAuthApp.http``; the
     connection closes instead of waiting for the body.
     """
@@ -339,7 +330,7 @@ def test_limits_fluxauth_serve_applies_them(tmp_path: Path, store_path: str, key
     }
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "fluxauth", "serve", "--port", str(port)]
-    with running(command, port, log, env=env):
+    with running_process(command, port, log, env=env):
         big = request_bytes(ECHO, [(b"X-Big", b"a" * 5000)])
         assert send_raw(port, big).status == 431
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

@@ -37,14 +37,15 @@ from fluxauth.manage.admin import Admin
 from tests.support.readers import (
     NginxReader,
     Reader,
-    Served,
     StarletteReader,
     WsgiReader,
     basic_value,
     get_raw,
     load_corpus,
-    serve,
 )
+from tests.support.servers import Proxy, start_proxy
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 CORPUS = load_corpus()
 ALLOWED = {("acme", "era5"), ("acme", "pub")}  # the key's grant, and a public repo
@@ -73,17 +74,18 @@ def readers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Read
 @pytest.fixture
 def fronts(
     readers: dict[str, Reader], settings: Settings, store_path: str, clock: FakeClock, reader_token: str
-) -> Iterator[dict[str, Served]]:
+) -> Iterator[dict[str, Proxy]]:
     """One fluxauth in front of each reader."""
     served = {
-        name: serve(dataclasses.replace(settings, upstream=r.url), store_path, clock) for name, r in readers.items()
+        name: start_proxy(dataclasses.replace(settings, upstream=r.url), store_path, clock)
+        for name, r in readers.items()
     }
     yield served
     for front in served.values():
         front.server.stop()
 
 
-def check_case(front: Served, reader: Reader, credentials: bytes, target: bytes, expect: int | None) -> list[str]:
+def check_case(front: Proxy, reader: Reader, credentials: bytes, target: bytes, expect: int | None) -> list[str]:
     """Send ``target``; the problems found (empty when fluxauth and the reader agree)."""
     before = len(front.decisions)
     response = get_raw(front.port, target, [(b"Authorization", credentials)])
@@ -138,7 +140,7 @@ def test_security_corpus_is_large_and_covers_every_class() -> None:
 
 @pytest.mark.parametrize("reader_name", ["starlette", "nginx", "wsgiref"])
 def test_security_corpus_refused_or_read_alike(
-    reader_name: str, readers: dict[str, Reader], fronts: dict[str, Served], reader_token: str
+    reader_name: str, readers: dict[str, Reader], fronts: dict[str, Proxy], reader_token: str
 ) -> None:
     """Each corpus target gets its status; what is forwarded, the reader resolves to the decided org/repo/ref."""
     credentials = basic_value("acme", reader_token)
@@ -152,7 +154,7 @@ def test_security_corpus_refused_or_read_alike(
 
 
 def test_security_corpus_refusals_never_reach_the_upstream(
-    readers: dict[str, Reader], fronts: dict[str, Served], reader_token: str
+    readers: dict[str, Reader], fronts: dict[str, Proxy], reader_token: str
 ) -> None:
     """The upstream receives exactly the corpus's forwarded targets, not one refused request more."""
     reader = readers["starlette"]
@@ -213,7 +215,7 @@ PATHS = st.builds(
 
 
 def test_security_generated_paths_are_read_alike(
-    readers: dict[str, Reader], fronts: dict[str, Served], reader_token: str
+    readers: dict[str, Reader], fronts: dict[str, Proxy], reader_token: str
 ) -> None:
     """Hypothesis: whatever path fluxauth forwards, Starlette and nginx route it to the decided org/repo/ref."""
     credentials = basic_value("acme", reader_token)

@@ -23,8 +23,10 @@ from fluxauth.errors import ConfigError
 from fluxauth.manage.admin import Admin, IssuedToken
 from fluxauth.proxy.app import RedactingFormatter, logging_config
 from fluxauth.store.sqlite import SQLiteStore
-from tests.support.readers import RawResponse, basic_value, get_raw, request_bytes, send_raw, serve
-from tests.support.servers import ServerThread, redis_url
+from tests.support.readers import RawResponse, basic_value, get_raw, request_bytes, send_raw
+from tests.support.servers import ServerThread, redis_url, start_proxy
+
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
 REDIS_PASSWORD = "redis-pw-Zq8v1Lk3"
 UPSTREAM_PASSWORD = "upstream-pw-Hc4n7Rt2"
@@ -81,6 +83,7 @@ def test_secrets_never_leak_in_a_whole_session(
 ) -> None:
     """Create, use, rotate, fail, lock out, delete: no token, secret, hash, cache secret or URL password anywhere.
 
+
     Defences: tokens are cached and counted only under HMACs (cache, shared,
     ``Gate._token_subject``); ``BasicCredentials``/``TokenParts`` reprs hide
     secrets; refusals never echo input; Authorization is never forwarded;
@@ -95,7 +98,7 @@ def test_secrets_never_leak_in_a_whole_session(
         rate_limit_failures=4,
     )
     admin = Admin(store, session, clock)
-    front = serve(session, store_path, clock, log_config=None, log_level="trace", access_log=True)
+    front = start_proxy(session, store_path, clock, log_config=None, log_level="trace", access_log=True)
     answers: list[RawResponse] = []
 
     def get(token: str | None = None, *, username: str = "acme", target: bytes = TILE) -> int:

@@ -22,6 +22,8 @@ from tests.store.test_store import NOW, key_record
 from tests.support.postgres import PostgresServer, new_schema
 from tests.support.servers import free_port
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 PASSWORD = "pg-secret-2b9f"
 
 

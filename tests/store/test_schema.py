@@ -25,6 +25,8 @@ from tests.store.test_store import NOW, raw
 from tests.support.postgres import pg_rows
 from tests.support.servers import ServerThread
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
 
 

@@ -185,6 +185,8 @@ class Image:
     rows: list[bytes]
 
     def pixel(self, x: int, y: int) -> tuple[int, int, int]:
+        if not (0 <= x < self.width and 0 <= y < self.height):
+            raise ValueError("pixel outside the image")
         r, g, b = self.rows[y][3 * x : 3 * x + 3]
         return r, g, b
 

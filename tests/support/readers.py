@@ -23,9 +23,8 @@ import http.client
 import json
 import posixpath
 import socket
-import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -36,13 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fluxauth.clock import FakeClock
-from fluxauth.config.settings import Settings
-from fluxauth.decision.policy import Decision, Outcome
-from fluxauth.proxy.app import FluxAuthApp
-from fluxauth.server.protocol import LimitedHttpToolsProtocol
-from fluxauth.store.sqlite import SQLiteStore
-from tests.support.servers import ServerThread, free_port, wait_for_port
+from tests.support.servers import ServerThread, free_port, running_process
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -99,56 +92,6 @@ def read_all(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return reply
-
-
-# -- fluxauth as `fluxauth serve` runs it ----------------------------------------
-
-
-@dataclasses.dataclass
-class Served:
-    """A running fluxauth (the serve protocol and its limits), its app, clock and decisions."""
-
-    server: ServerThread
-    app: FluxAuthApp
-    clock: FakeClock
-    decisions: list[Decision]
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-def serve(
-    settings: Settings, store_path: str, clock: FakeClock, *, http: Any = LimitedHttpToolsProtocol, **config: Any
-) -> Served:
-    """fluxauth under uvicorn (by default with ``fluxauth serve``'s protocol), every decision recorded for the test."""
-    app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock)
-    decisions: list[Decision] = []
-    check = app.gate.check
-
-    async def recording_check(head: Any) -> Decision:
-        decision = await check(head)
-        decisions.append(decision)
-        return decision
-
-    decide_now = app.gate.decide_now
-
-    def recording_decide_now(head: Any) -> Decision | None:
-        # The hot path's decision is final when it forwards; any other answer
-        # goes on to check (recorded above).
-        decision = decide_now(head)
-        if decision is not None and decision.outcome is Outcome.FORWARD:
-            decisions.append(decision)
-        return decision
-
-    app.gate.check = recording_check  # type: ignore[method-assign]
-    app.gate.decide_now = recording_decide_now  # type: ignore[method-assign]
-    server = ServerThread(app, http=http, **config).start()
-    return Served(server, app, clock, decisions)
 
 
 # -- the corpus ----------------------------------------------------------------
@@ -370,7 +313,7 @@ class NginxReader(Reader):
         conf.write_text(NGINX_READER.format(tmp=self.tmp, port=port))
         self._stack = contextlib.ExitStack()
         self.url = self._stack.enter_context(
-            running(["nginx", "-p", str(self.tmp), "-c", str(conf)], port, self.tmp / "error.log")
+            running_process(["nginx", "-p", str(self.tmp), "-c", str(conf)], port, self.tmp / "error.log")
         )
         return self
 
@@ -381,20 +324,3 @@ class NginxReader(Reader):
         lines = response.body.decode("latin-1").split("\n")
         route = tuple(lines[:4]) if all(lines[:4]) else None
         return Reading(self.name, [route], lines[4], {})  # type: ignore[list-item]
-
-
-@contextlib.contextmanager
-def running(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run a server as a subprocess until the block ends; yields its URL once its port answers."""
-    with log.open("ab") as output:
-        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_for_port(port, process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -1,27 +1,35 @@
-"""Real servers for tests: uvicorn on ephemeral loopback ports, each in a thread of its own.
+"""Real servers for tests: uvicorn on ephemeral loopback ports, each in a thread of its own, and subprocesses.
 
 In a thread rather than a subprocess where a test must reach inside (inject a
 clock, read counters, poll the change feed); the server is the same uvicorn
-with httptools that ``fluxauth serve`` runs.
+with httptools that ``fluxauth serve`` runs. ``start_proxy`` is the one way
+tests run fluxauth itself (``Proxy``); ``running_process`` runs anything else
+(nginx, Caddy, ``fluxauth serve``) until a block ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
 import uvloop
 
+from fluxauth.clock import FakeClock
+from fluxauth.config.settings import Settings
+from fluxauth.decision.policy import Decision, Outcome
 from fluxauth.proxy.app import FluxAuthApp
 from fluxauth.server.protocol import LimitedHttpToolsProtocol
+from fluxauth.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
@@ -121,3 +129,70 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
             if time.monotonic() > deadline:
                 raise RuntimeError(f"port {port} did not open:\n{log.read_text()}") from None
             time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running_process(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server as a subprocess until the block ends; yields its URL once its port answers."""
+    with log.open("ab") as output:
+        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_port(port, process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclasses.dataclass
+class Proxy:
+    """A running fluxauth (``fluxauth serve``'s protocol), its app and clock, and every decision it made."""
+
+    server: ServerThread
+    app: FluxAuthApp
+    clock: FakeClock
+    decisions: list[Decision]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_proxy(settings: Settings, store_path: str, clock: FakeClock, *, http: Any = None, **config: Any) -> Proxy:
+    """fluxauth under uvicorn (by default with ``fluxauth serve``'s protocol), every decision recorded for the test."""
+    app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock)
+    decisions: list[Decision] = []
+    check = app.gate.check
+
+    async def recording_check(head: Any) -> Decision:
+        decision = await check(head)
+        decisions.append(decision)
+        return decision
+
+    decide_now = app.gate.decide_now
+
+    def recording_decide_now(head: Any) -> Decision | None:
+        # The hot path's decision is final when it forwards; any other answer
+        # goes on to check (recorded above).
+        decision = decide_now(head)
+        if decision is not None and decision.outcome is Outcome.FORWARD:
+            decisions.append(decision)
+        return decision
+
+    app.gate.check = recording_check  # type: ignore[method-assign]
+    app.gate.decide_now = recording_decide_now  # type: ignore[method-assign]
+    if http is not None:
+        config["http"] = http
+    server = ServerThread(app, **config).start()
+    return Proxy(server, app, clock, decisions)

@@ -26,6 +26,8 @@ from tests.conftest import Proxy, ProxyFactory, basic, http
 from tests.support.load import burst
 from tests.support.servers import ServerThread, free_port
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
 
 

@@ -27,6 +27,8 @@ from tests.support.load import burst
 from tests.support.postgres import PostgresServer, new_schema
 from tests.support.servers import ServerThread
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 TILE = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0"
 PASSWORD = "pg-secret-7c1e"
 

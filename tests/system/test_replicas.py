@@ -24,6 +24,8 @@ from tests.conftest import basic, http
 from tests.support.postgres import new_schema
 from tests.support.servers import ServerThread, free_port, redis_url
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 REDIS_URL = redis_url()
 
 

@@ -21,6 +21,8 @@ from tests.support.postgres import new_schema
 from tests.support.servers import ServerThread
 from tests.system.test_replicas import REDIS_URL, Cluster, status
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 ROUNDS = 5
 
 

@@ -17,6 +17,8 @@ import pytest
 from fluxauth.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnreachable
 from fluxauth.upstream.pool import HIGH_WATER, Connection, Origin, UpstreamPool
 
+pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 TILE = b"\x89PNG" + b"t" * 12284
 
