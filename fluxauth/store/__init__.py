@@ -1,6 +1,6 @@
 """The store: orgs, compute services, repo settings, keys, tokens, the change feed and the audit log.
 
-``base`` says what a store does and opens one from a URL; ``sql`` does it, once,
+``base`` says what a store does, ``opening`` opens one from a URL; ``sql`` does it, once,
 for both databases; ``sqlite`` (the embedded default) and ``postgres`` hold
 what differs between them; ``schema`` the versioned migrations; ``copy`` moves
 a whole store from one database to another. Store methods are synchronous and
@@ -17,7 +17,8 @@ from fluxauth.model import (
     TokenRecord,
     Visibility,
 )
-from fluxauth.store.base import ChangeListener, Store, open_store
+from fluxauth.store.base import ChangeListener, Store
+from fluxauth.store.opening import open_store
 
 __all__ = [
     "AuditEvent",

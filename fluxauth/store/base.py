@@ -1,17 +1,10 @@
-"""What a store provides, and ``open_store``, which picks the database from the URL.
-
-Both databases are served by one implementation (``fluxauth.store.sql``):
-``sqlite:///PATH`` (or a plain path), the embedded default, and
-``postgresql://`` / ``postgres://`` for replicas on several hosts.
-"""
+"""What a store provides: the ``Store`` and ``ChangeListener`` protocols every backend meets."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
 
-from fluxauth.errors import ConfigError
 from fluxauth.model import (
     AuditEvent,
     Change,
@@ -23,11 +16,6 @@ from fluxauth.model import (
     ServiceRecord,
     Visibility,
 )
-
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-SUPPORTED = "sqlite:///PATH, a file path, postgresql://HOST/DB or postgres://HOST/DB"
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_POOL_SIZE = 4
 
 
 class ChangeListener(Protocol):
@@ -153,34 +141,3 @@ class Store(Protocol):
     ) -> Sequence[AuditEvent]:
         """An org's events, newest first; ``before_seq`` pages on."""
         ...
-
-
-def scheme(url: str) -> str | None:
-    """The scheme of a store URL, lower case; ``None`` for a plain file path."""
-    if "://" not in url:
-        return None
-    return urlsplit(url).scheme.lower() or url.partition("://")[0].lower()
-
-
-def open_store(url: str, *, timeout: float = DEFAULT_TIMEOUT, pool_size: int = DEFAULT_POOL_SIZE) -> Store:
-    """Open the store that ``url`` names, creating or upgrading its schema.
-
-    ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a path; or
-    ``postgresql://[user[:password]@]host[:port]/db[?libpq params]`` (also
-    ``postgres://``), with at most ``pool_size`` connections, each operation
-    bounded by ``timeout`` seconds. Errors never show a password.
-    """
-    kind = scheme(url)
-    if kind in POSTGRES_SCHEMES:
-        from fluxauth.store.postgres import PostgresStore
-
-        return PostgresStore(url, timeout=timeout, pool_size=pool_size)
-    if kind not in (None, "sqlite"):
-        raise ConfigError(f"store: unsupported store URL scheme {kind!r} (supported: {SUPPORTED})")
-    path = url.removeprefix("sqlite:///") if kind == "sqlite" and url.startswith("sqlite:///") else url
-    if "://" in path or not path:
-        # An empty path would open a private temporary database that vanishes on close.
-        raise ConfigError(f"store: unsupported store URL, a SQLite store is sqlite:///PATH (supported: {SUPPORTED})")
-    from fluxauth.store.sqlite import SQLiteStore
-
-    return SQLiteStore(path)

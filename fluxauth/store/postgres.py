@@ -35,9 +35,9 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from fluxauth.errors import ConfigError, StoreUnavailable
+from fluxauth.store.backend import Cursor, Table, Transaction
 from fluxauth.store.base import ChangeListener
-from fluxauth.store.schema import Table
-from fluxauth.store.sql import Cursor, SQLStore, Transaction
+from fluxauth.store.sql import SQLStore
 
 log = logging.getLogger("fluxauth.store")
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fluxauth.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fluxauth.store.sql import Backend
+from fluxauth.store.backend import Backend, Table
 
 # Append only: a deployed database is at the version of the last entry it ran.
 MIGRATIONS: tuple[str, ...] = (
@@ -93,17 +89,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """A table as ``store copy`` moves it: its columns, in order, and which of them need converting."""
-
-    name: str
-    columns: tuple[str, ...]
-    booleans: tuple[str, ...] = ()  # 0/1 in SQLite, BOOLEAN in PostgreSQL
-    blobs: tuple[str, ...] = ()
-    serial: str | None = None  # the column numbered by the database, continued after a copy
 
 
 # In the order rows may be inserted (references first).

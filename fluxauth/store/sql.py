@@ -17,8 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from fluxauth.errors import Conflict, InputError, NotFound
 from fluxauth.model import (
@@ -34,61 +33,9 @@ from fluxauth.model import (
     TokenRecord,
     Visibility,
 )
+from fluxauth.store.backend import Backend, Table, Transaction
 from fluxauth.store.base import ChangeListener
-from fluxauth.store.schema import TABLES, Table, migrate
-
-
-class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Transaction(Protocol):
-    """One open transaction: statements with ``?`` placeholders."""
-
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
-
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any: ...
-
-
-class Backend(Protocol):
-    """What differs between databases. Failures to reach the database raise ``StoreUnavailable``."""
-
-    where: str  # the store, named for messages: never a password
-    types: Mapping[str, str]  # the migrations' {real}, {blob}, {bool}, {serial}
-
-    def read(self, *, statements: int = 2) -> AbstractContextManager[Transaction]:
-        """A read-only transaction whose statements all see one snapshot.
-
-        A backend may leave out the transaction for one statement alone, which
-        is atomic by itself (and, on PostgreSQL, one round trip instead of three).
-        """
-        ...
-
-    def write(self) -> AbstractContextManager[Transaction]:
-        """A read-write transaction holding the store's write lock until it ends."""
-        ...
-
-    def schema_version(self, tx: Transaction) -> int: ...
-
-    def set_schema_version(self, tx: Transaction, version: int) -> None: ...
-
-    def announce(self, tx: Transaction) -> None:
-        """Wake the servers listening for changes once ``tx`` commits (nothing where none can listen)."""
-        ...
-
-    def continue_sequences(self, tx: Transaction, tables: Sequence[Table]) -> None:
-        """After rows were copied in with their numbers: make the next number follow the last one."""
-        ...
-
-    def listener(self) -> ChangeListener | None: ...
-
-    def close(self) -> None: ...
-
+from fluxauth.store.schema import TABLES, migrate
 
 _KEY_COLUMNS = "org, name, permissions, repo_grants, created_at, expires_at, last_used_at"
 _TOKEN_COLUMNS = "token_id, org, key_name, hash, created_at, not_after, rotated_at"

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from fluxauth.errors import StoreUnavailable
+from fluxauth.store.backend import Table, Transaction
 from fluxauth.store.base import ChangeListener
-from fluxauth.store.schema import Table
-from fluxauth.store.sql import SQLStore, Transaction
+from fluxauth.store.sql import SQLStore
 
 TYPES = {
     "real": "REAL",

@@ -18,7 +18,8 @@ import pytest
 from fluxauth.errors import Conflict, InputError, NotFound
 from fluxauth.model import AuditEvent, Change, KeyRecord, Permission, RepoAccess
 from fluxauth.store import open_store
-from fluxauth.store.sql import SQLStore, Transaction
+from fluxauth.store.backend import Transaction
+from fluxauth.store.sql import SQLStore
 from tests.support.postgres import pg_rows
 
 NOW = 1_800_000_000.0
