@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit quick system-deps bench loadtest clean
+.PHONY: demo test lint typecheck unit quick system-deps stock-servers bench loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
+# The stock tile servers the route tests run behind fluxauth (TiTiler, xpublish with
+# xpublish-tiles and xpublish-wms) in .venv-stock, Python >= 3.12, pinned by
+# tests/stock/requirements.txt; rebuilt only when that file changes (about 2-3 minutes).
+stock-servers:
+	@scripts/stock-servers.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check fluxauth tests loadtests
 	$(BIN)/ruff format --check fluxauth tests loadtests
@@ -35,7 +41,7 @@ unit: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not servers"
 
-test: $(STAMP) system-deps lint typecheck unit
+test: $(STAMP) system-deps stock-servers lint typecheck unit
 
 # fluxauth side by side with Caddy, nginx auth_basic and nginx forward-auth (about 6 minutes;
 # `make bench BENCH_ARGS=--quick` for about 1.5). bench.py installs wrk, nginx and Caddy itself.
@@ -47,4 +53,4 @@ loadtest: $(STAMP)
 	$(BIN)/python loadtests/run_locust.py $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .fluxauth-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-stock .fluxauth-demo .pytest_cache .mypy_cache .ruff_cache
