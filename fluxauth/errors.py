@@ -28,7 +28,8 @@ The hierarchy::
     └── UpstreamError             the upstream failed a request (502 unless said otherwise)
         ├── UpstreamUnreachable       no connection could be made (502)
         ├── UpstreamTimeout           no connection, or no byte, in time (504)
-        └── UpstreamBroken            the response broke off or cannot be parsed (502)
+        ├── UpstreamBroken            the response broke off or cannot be parsed (502)
+        └── UpstreamUnmappable        a routed metadata response cannot be rewritten (502)
 
 A ``Refusal`` and an ``UpstreamError`` carry the status and the JSON ``error``
 code they are answered with: a status is decided here, on the class, and
@@ -183,3 +184,13 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamBroken(UpstreamError):
     """The upstream closed the connection mid-response or sent what cannot be parsed (502)."""
+
+
+class UpstreamUnmappable(UpstreamError):
+    """A routed metadata response whose self-URLs cannot be mapped back (too large, an unknown coding): 502.
+
+    Answered 502 rather than passed through: the body would name the upstream.
+    """
+
+    kind = "unmappable"
+    detail = "the upstream's metadata response cannot be rewritten"

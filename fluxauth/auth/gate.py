@@ -35,6 +35,7 @@ from fluxauth.decision.credentials import BasicCredentials, credentials_from, sp
 from fluxauth.decision.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_error
 from fluxauth.decision.proxies import ProxyTrust
 from fluxauth.decision.request import RequestHead, check_framing
+from fluxauth.decision.routing import Routes
 from fluxauth.decision.target import Target, check_query, parse_target
 from fluxauth.errors import ConfigError, ConflictingCredentials, MalformedCredentials, Refusal, StoreUnavailable
 from fluxauth.histogram import Histogram
@@ -118,6 +119,7 @@ class Gate:
         self._store = store
         self.store: AsyncStore | None = None
         self.protocols = frozenset(settings.protocols)
+        self.routes = Routes(settings.routes, settings.upstreams)
         self.cors = Cors(settings.cors_allow_origins, settings.cors_max_age)
         self.proxies = ProxyTrust(settings.trusted_proxies)
         self.cache = CredentialCache(ttl=settings.cache_ttl, maxsize=settings.cache_maxsize, clock=clock)
@@ -301,11 +303,13 @@ class Gate:
         return None if principal is None else self._decide(head, target, known, principal)
 
     def _target(self, head: RequestHead) -> Target | Decision:
-        """The request's target once its framing, path and query pass; the refusal if they do not."""
+        """The request's target once its framing, path and query pass (and its route, if any); else the refusal."""
         try:
             check_framing(head, max_url_length=self.settings.max_url_length)
             target = parse_target(head.raw_path, self.protocols)
             check_query(head.query)
+            if self.routes:
+                target = self.routes.route(target, head.query)
         except Refusal as exc:
             return refuse_error(exc)
         return target

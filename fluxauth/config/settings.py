@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from fluxauth.config.durations import parse_duration
+from fluxauth.config.routes import Route, parse_routes
 from fluxauth.errors import ConfigError, InputError
 from fluxauth.names import check_protocol
 
@@ -65,6 +67,11 @@ class Settings:
     redis_url: str | None = None
     upstream: str = "http://127.0.0.1:8001"
     upstreams: Mapping[str, str] = field(default_factory=dict)
+    # [[routes]]: stock servers behind fluxauth (fluxauth/config/routes.py).
+    routes: tuple[Route, ...] = ()
+    # The largest metadata body (JSON, XML, HTML) of a routed response that is
+    # rewritten (self-URLs mapped back), decompressed; 502 beyond, never unmapped.
+    max_metadata_body: int = 8 * 1024 * 1024
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     cors_allow_origins: tuple[str, ...] = ()
     cors_max_age: int = 600
@@ -110,6 +117,12 @@ class Settings:
         for protocol in self.upstreams:
             if protocol not in self.protocols:
                 raise ConfigError(f"upstreams.{protocol}: not one of the enabled protocols")
+        # Routes are checked against the protocols, converted above.
+        if not all(isinstance(route, Route) for route in self.routes):
+            object.__setattr__(self, "routes", parse_routes(list(self.routes), self.protocols, redact_url))
+        for route in self.routes:
+            if route.protocol not in self.protocols:
+                raise ConfigError(f"{route.name}: protocol: not one of the enabled protocols")
 
     def upstream_for(self, protocol: str) -> str:
         """The upstream base URL for ``protocol``, or the default one."""
@@ -125,6 +138,8 @@ class Settings:
                 value = redact_url(value)
             elif item.name == "upstreams":
                 value = {name: redact_url(url) for name, url in value.items()}
+            elif item.name == "routes":
+                value = [route.name for route in value]
             fields.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(fields)})"
 
@@ -291,6 +306,18 @@ def _upstreams(key: str, raw: object) -> Mapping[str, str]:
     return {str(name): _url(f"{key}.{name}", url) for name, url in raw.items()}
 
 
+def _routes(key: str, raw: object) -> tuple[object, ...]:
+    """The routes as read (TOML array of tables, JSON from the environment) or parsed; parsed in ``__post_init__``."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: expected a JSON array of route tables, got {raw!r}") from exc
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(f"{key}: expected an array of tables ([[routes]]), got {raw!r}")
+    return tuple(raw)
+
+
 _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "store": _text,
     "store_timeout": _positive_float,
@@ -298,6 +325,8 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "redis_url": _optional_text,
     "upstream": _url,
     "upstreams": _upstreams,
+    "routes": _routes,
+    "max_metadata_body": lambda k, v: _int(k, v, 1024),
     "protocols": _protocols,
     "cors_allow_origins": _origins,
     "cors_max_age": lambda k, v: _int(k, v, 0),

@@ -8,6 +8,7 @@ with no trusted proxies it is simply the peer. Nothing is trusted by default.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 
 from fluxauth.config.settings import Network
@@ -50,21 +51,53 @@ def forwarded_headers(
     scheme: str,
     host: bytes | None,
     received: dict[bytes, bytes],
+    *,
+    with_host: bool = True,
 ) -> list[tuple[bytes, bytes]]:
     """``X-Forwarded-For/Proto/Host`` for the upstream.
 
     From a trusted proxy, what it said is kept and the peer appended; from
     anyone else, the client's own values are discarded and ours set.
+    ``with_host=False`` leaves ``X-Forwarded-Host`` out (routes: the upstream
+    is to name its own base, which fluxauth maps back).
     """
     trusted = peer is not None and trust.is_trusted(peer)
     peer_bytes = (peer or "unknown").encode("latin-1")
     chain = received.get(b"x-forwarded-for") if trusted else None
     proto = (received.get(b"x-forwarded-proto") if trusted else None) or scheme.encode("latin-1")
-    fhost = (received.get(b"x-forwarded-host") if trusted else None) or host
     headers = [
         (b"x-forwarded-for", chain + b", " + peer_bytes if chain else peer_bytes),
         (b"x-forwarded-proto", proto),
     ]
-    if fhost:
+    fhost = (received.get(b"x-forwarded-host") if trusted else None) or host
+    if fhost and with_host:
         headers.append((b"x-forwarded-host", fhost))
     return headers
+
+
+# A host as it may appear in a URL that fluxauth writes into a response: a
+# name or IPv4 address, or an IPv6 literal, and a port. Anything else (quotes,
+# markup, spaces, userinfo) from a client's Host header is refused, not written.
+_PLAIN_HOST = re.compile(rb"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def public_origin(
+    trust: ProxyTrust, peer: str | None, scheme: str, host: bytes | None, received: dict[bytes, bytes]
+) -> bytes | None:
+    """``scheme://host`` as the client used it (a trusted proxy's ``X-Forwarded-Proto/Host`` first), or ``None``.
+
+    ``None`` when no plain host can be told (none sent, or one that is not a
+    plain host and port): the caller refuses the request (400) rather than
+    write such a value into a document.
+    """
+    trusted = peer is not None and trust.is_trusted(peer)
+    proto = (received.get(b"x-forwarded-proto") if trusted else None) or scheme.encode("latin-1")
+    fhost = (received.get(b"x-forwarded-host") if trusted else None) or host
+    # A chain of proxies lists its hops: the first is the client's.
+    proto = proto.split(b",", 1)[0].strip().lower()
+    if proto not in (b"http", b"https") or not fhost:
+        return None
+    fhost = fhost.split(b",", 1)[0].strip()
+    if not _PLAIN_HOST.fullmatch(fhost):
+        return None
+    return proto + b"://" + fhost

@@ -14,10 +14,14 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from fluxauth import names
 from fluxauth.errors import AmbiguousPath, NotComputePath
+
+if TYPE_CHECKING:
+    from fluxauth.decision.routing import Routed
 
 PREFIX = b"/v1/services/"
 
@@ -44,13 +48,14 @@ _MAX_DECODES = 4  # enough to unwrap %25252e; each round can only shrink the seg
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The decided part of a compute URL; ``raw_path`` is what is forwarded."""
+    """The decided part of a compute URL; ``raw_path`` is what is forwarded, or ``routed`` says what instead."""
 
     protocol: str
     org: str
     repo: str
     ref: str
     raw_path: bytes
+    routed: Routed | None = None  # set when a [[routes]] entry serves it (fluxauth.decision.routing)
 
     @property
     def repository(self) -> str:

@@ -33,8 +33,10 @@ from collections.abc import AsyncIterator
 
 from fluxauth.config.settings import Settings
 from fluxauth.decision.policy import Principal
-from fluxauth.decision.proxies import ProxyTrust, forwarded_headers
+from fluxauth.decision.proxies import ProxyTrust, forwarded_headers, public_origin
 from fluxauth.decision.request import RequestHead
+from fluxauth.decision.routing import Routed
+from fluxauth.decision.target import Target
 from fluxauth.errors import (
     BodyTooLarge,
     ClientFailed,
@@ -43,9 +45,11 @@ from fluxauth.errors import (
     Refusal,
     RequestTimeout,
     UpstreamError,
+    UpstreamUnmappable,
 )
 from fluxauth.histogram import Histogram
-from fluxauth.proxy.responses import send_error
+from fluxauth.proxy.responses import send_error, send_refused
+from fluxauth.proxy.selfurls import Rewrite, SelfUrls
 from fluxauth.types import Headers, Message, Receive, Scope, Send
 from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
 
@@ -91,8 +95,38 @@ _DROPPED_REQUEST = HOP_BY_HOP | {
 _DROPPED_PREFIXES = (b"x-fluxauth-", b"x-forwarded-")
 _KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 _NOT_RELAYED = HOP_BY_HOP | {b"date"}
+# With CORS configured, fluxauth answers for it (preflights, Access-Control-Allow-Origin on
+# every response): an upstream's own grants beside them (TiTiler sends "*") would make two
+# Access-Control-Allow-Origin headers, which browsers refuse, or grant what fluxauth did not.
+_NOT_RELAYED_WITH_CORS = _NOT_RELAYED | {
+    b"access-control-allow-origin",
+    b"access-control-allow-credentials",
+    b"access-control-expose-headers",
+    b"access-control-allow-methods",
+    b"access-control-allow-headers",
+    b"access-control-max-age",
+}
 # Methods whose requests carry no body unless they say so: no "Content-Length: 0" is added.
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+# The content codings a routed metadata body may come in: those fluxauth can decode to rewrite it.
+_DECODABLE = frozenset({b"gzip", b"x-gzip", b"deflate", b"identity"})
+BAD_HOST = ("bad_request", "the Host header is not a plain host name and port")
+
+
+def log_unmappable(routed: Routed, failure: UpstreamUnmappable) -> None:
+    """The log line of a metadata response answered 502 instead: which route, and why."""
+    log.warning("%s: %s; answered 502, not passed through with upstream URLs in it", routed.route.name, failure)
+
+
+def accept_decodable(values: list[bytes]) -> bytes:
+    """A client's ``Accept-Encoding`` reduced to the codings fluxauth can decode (routes), ``identity`` if none."""
+    kept = [
+        part.strip()
+        for value in values
+        for part in value.split(b",")
+        if part.split(b";", 1)[0].strip().lower() in _DECODABLE
+    ]
+    return b", ".join(kept) or b"identity"
 
 
 def dropped_header(name: bytes) -> bool:
@@ -121,6 +155,8 @@ class Forwarder:
             read_timeout=settings.upstream_read_timeout,
         )
         self.origins = {p: Origin.from_url(settings.upstream_for(p)) for p in settings.protocols}
+        self.route_origins = {route.origin: Origin.from_url(route.origin) for route in settings.routes}
+        self.cors = bool(settings.cors_allow_origins)  # fluxauth answers for CORS: upstream grants dropped
         self.latency = Histogram()  # until the upstream's response headers
         self.errors: Counter[str] = Counter()
 
@@ -130,10 +166,39 @@ class Forwarder:
     async def stop(self) -> None:
         await self.pool.close()
 
+    def origin_for(self, target: Target) -> Origin:
+        """Where ``target``'s request goes: its route's upstream, or its protocol's."""
+        routed = target.routed
+        return self.origins[target.protocol] if routed is None else self.route_origins[routed.route.origin]
+
+    def rewrite_for(self, scope: Scope, routed: Routed) -> Rewrite | None:
+        """How a routed response's self-URLs map back; ``None`` if the client's host cannot be written (400)."""
+        host: bytes | None = None
+        forwarded: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name in (b"x-forwarded-proto", b"x-forwarded-host"):
+                forwarded.setdefault(name, value)
+        client = scope.get("client")
+        public = public_origin(self.trust, client[0] if client else None, scope.get("scheme", "http"), host, forwarded)
+        if public is None:
+            return None
+        route = routed.route
+        urls = SelfUrls(route.authority.encode("idna"), routed.base, public + routed.public, route.pinned)
+        return Rewrite(urls, self.settings.max_metadata_body)
+
     def request_head(
-        self, scope: Scope, head: RequestHead, principal: Principal | None, origin: Origin, raw_path: bytes
+        self, scope: Scope, head: RequestHead, principal: Principal | None, origin: Origin, target: Target
     ) -> bytes:
-        """The request line and headers the upstream receives, built from what the client sent."""
+        """The request line and headers the upstream receives, built from what the client sent.
+
+        A routed request goes to its route's path with its query (pinned
+        parameters added), without ``X-Forwarded-Host`` (the upstream names
+        its own base, which fluxauth maps back: MapProxy, for one, would
+        otherwise write the public host before its internal path), and asks
+        only for content codings that fluxauth can decode.
+        """
         received: list[tuple[bytes, bytes]] = scope["headers"]
         kept_headers: list[tuple[bytes, bytes]] = []
         forwarded: dict[bytes, bytes] = {}
@@ -150,12 +215,19 @@ class Forwarder:
                 kept_headers.append((name, value))
         if named:
             kept_headers = [(name, value) for name, value in kept_headers if name not in named]
-        query = head.query
+        routed = target.routed
+        if routed is None:
+            path, query = target.raw_path, head.query
+        else:
+            path, query = routed.path, routed.query
+            codings = [value for name, value in kept_headers if name == b"accept-encoding"]
+            kept_headers = [(name, value) for name, value in kept_headers if name != b"accept-encoding"]
+            kept_headers.append((b"accept-encoding", accept_decodable(codings)))
         lines = [
             head.method.encode("ascii"),
             b" ",
             origin.prefix,
-            raw_path,
+            path,
             b"?" + query if query else b"",
             b" HTTP/1.1\r\nhost: ",
             origin.host_header,
@@ -165,7 +237,12 @@ class Forwarder:
             lines += (name, b": ", value, b"\r\n")
         client = scope.get("client")
         for name, value in forwarded_headers(
-            self.trust, client[0] if client else None, scope.get("scheme", "http"), host, forwarded
+            self.trust,
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+            host,
+            forwarded,
+            with_host=routed is None,
         ):
             lines += (name, b": ", value, b"\r\n")
         if principal is not None:
@@ -190,8 +267,7 @@ class Forwarder:
         receive: Receive,
         send: Send,
         *,
-        protocol: str,
-        raw_path: bytes,
+        target: Target,
         principal: Principal | None,
         extra_headers: Headers,
         head: RequestHead | None = None,
@@ -199,11 +275,20 @@ class Forwarder:
         """Forward one request and stream the response; answer 502/504 if the upstream fails first.
 
         ``head`` is the request as the gate checked it (its framing); built from
-        ``scope`` when not given.
+        ``scope`` when not given. A routed response has its self-URLs mapped
+        back (``fluxauth.proxy.selfurls``): a metadata body is collected,
+        rewritten and sent whole; anything else streams as it arrives.
         """
         if head is None:
             head = RequestHead.from_scope(scope)
-        origin = self.origins[protocol]
+        protocol = target.protocol
+        origin = self.origin_for(target)
+        rewrite = None
+        if target.routed is not None:
+            rewrite = self.rewrite_for(scope, target.routed)
+            if rewrite is None:
+                await send_refused(send, 400, *BAD_HOST, extra_headers)
+                return
         body = None
         if head.has_body:
             body = _BodyReader(
@@ -213,7 +298,7 @@ class Forwarder:
         try:
             upstream = await self.pool.send(
                 origin,
-                self.request_head(scope, head, principal, origin, raw_path),
+                self.request_head(scope, head, principal, origin, target),
                 None if body is None else body.chunks(),
                 chunked=head.body_length is None,
                 head_only=head.method == "HEAD",
@@ -227,8 +312,15 @@ class Forwarder:
             return
         self.latency.observe(time.perf_counter() - sent_at)
         try:
-            headers = upstream_response_headers(upstream.headers, private=principal is not None) + extra_headers
-            await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
+            private = principal is not None
+            headers = upstream_response_headers(upstream.headers, private=private, cors=self.cors) + extra_headers
+            if rewrite is None:
+                await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
+            else:
+                assert target.routed is not None
+                await self._relay_rewritten(
+                    send, upstream, headers, rewrite, target.routed, extra_headers, head_only=head.method == "HEAD"
+                )
         except UpstreamError as exc:
             # The head went out already: the server closes the connection and
             # the client sees a truncated body. A client whose own body broke
@@ -241,6 +333,39 @@ class Forwarder:
             log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)
         finally:
             self.pool.release(upstream)
+
+    async def _relay_rewritten(
+        self,
+        send: Send,
+        upstream: Connection,
+        headers: Headers,
+        rewrite: Rewrite,
+        routed: Routed,
+        extra_headers: Headers,
+        *,
+        head_only: bool,
+    ) -> None:
+        """A routed response: headers mapped; a metadata body collected (bounded), mapped and sent whole."""
+        try:
+            headers = rewrite.head(upstream.status, headers, head_only=head_only)
+            if rewrite.collect:
+                while chunk := await upstream.read():
+                    rewrite.feed(chunk)
+                headers, body = rewrite.finish()
+        except UpstreamUnmappable as exc:
+            self.errors[exc.kind] += 1
+            log_unmappable(routed, exc)
+            await send_error(send, exc, extra_headers)
+            return
+        if not rewrite.collect:
+            await self._relay(send, upstream, headers, head_only=head_only)
+            return
+        watch = _SendWatch(self.settings.send_timeout)
+        try:
+            await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
+            await watch.send(send, {"type": "http.response.body", "body": body})
+        finally:
+            watch.close()
 
     async def _relay(self, send: Send, upstream: Connection, headers: Headers, *, head_only: bool) -> None:
         """The response to the client, piece by piece as it arrives; a client that stops reading is dropped."""
@@ -351,8 +476,11 @@ class _BodyReader:
                 return
 
 
-def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
+def upstream_response_headers(raw: Headers, *, private: bool, cors: bool = False) -> Headers:
     """The upstream's response headers (names in lower case) without hop-by-hop ones, nor its ``Date``.
+
+    ``cors``: fluxauth's CORS is configured, so the upstream's ``Access-Control-*``
+    headers are dropped too (fluxauth's own are added).
 
     The server fluxauth runs on sends its own ``Date`` with every response
     (uvicorn's default headers); the upstream's beside it made two, which a
@@ -364,7 +492,8 @@ def upstream_response_headers(raw: Headers, *, private: bool) -> Headers:
     ``private``.
     """
     named = _connection_named(raw)
-    headers = [(name, value) for name, value in raw if name not in _NOT_RELAYED and name not in named]
+    dropped = _NOT_RELAYED_WITH_CORS if cors else _NOT_RELAYED
+    headers = [(name, value) for name, value in raw if name not in dropped and name not in named]
     if not private:
         return headers
     directives: list[bytes] = []

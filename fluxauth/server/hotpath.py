@@ -13,6 +13,10 @@ that is allowed, is answered here, from protocol callbacks:
 - forward-auth (``/_fluxauth/auth``): the 200 with the identity headers
   (``forward_auth.allowed_now``).
 
+A routed request (``[[routes]]``) stays here too: its tiles stream through
+untouched, headers mapped (``Location``, ``Link``); a metadata body is
+collected, rewritten (``fluxauth.proxy.selfurls``) and written whole.
+
 Everything else runs the ASGI app as before: refusals, uncached credentials,
 bodies, internal endpoints, no idle upstream connection, an access log to
 write, and a request whose reused upstream connection turned out closed
@@ -36,11 +40,13 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from fluxauth.decision.policy import Outcome
 from fluxauth.decision.request import RequestHead
-from fluxauth.errors import UpstreamBroken, UpstreamError
+from fluxauth.decision.routing import Routed
+from fluxauth.errors import UpstreamBroken, UpstreamError, UpstreamUnmappable
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.app import DECISION, FluxAuthApp
-from fluxauth.proxy.forward import upstream_response_headers
+from fluxauth.proxy.forward import log_unmappable, upstream_response_headers
 from fluxauth.proxy.responses import own_headers, refusal_body
+from fluxauth.proxy.selfurls import Rewrite
 from fluxauth.types import Headers
 from fluxauth.upstream.pool import Connection
 
@@ -89,7 +95,15 @@ class HotPath:
             return False
         assert decision.target is not None
         target = decision.target
-        origin = self.forwarder.origins[target.protocol]
+        routed = target.routed
+        rewrite = None
+        if routed is None:
+            origin = self.forwarder.origins[target.protocol]
+        else:
+            origin = self.forwarder.route_origins[routed.route.origin]
+            rewrite = self.forwarder.rewrite_for(scope, routed)
+            if rewrite is None:
+                return False  # a Host that cannot be written into a document: the app answers 400
         upstream = self.pool.take_idle(origin)
         if upstream is None:
             scope[DECISION] = decision
@@ -103,9 +117,11 @@ class HotPath:
             upstream,
             private=decision.principal is not None,
             extra=self.gate.cors.response_headers(head.origin),
+            rewrite=rewrite,
+            routed=routed,
         )
         protocol.splice = splice
-        request = self.forwarder.request_head(scope, head, decision.principal, origin, target.raw_path)
+        request = self.forwarder.request_head(scope, head, decision.principal, origin, target)
         self.pool.send_to(upstream, request, splice, head_only=method == "HEAD")
         scope[DECISION] = decision  # for the ASGI app, should the upstream connection turn out closed
         return True
@@ -163,14 +179,18 @@ class Splice:
 
     __slots__ = (
         "_chunked",
+        "_collecting",
         "_cycle",
         "_extra",
         "_hot",
         "_pending",
         "_private",
         "_protocol",
+        "_rewrite",
+        "_routed",
         "_sent_at",
         "_stall_timer",
+        "_status",
         "_transport",
         "_upstream",
         "_written",
@@ -185,6 +205,8 @@ class Splice:
         *,
         private: bool,
         extra: Headers,
+        rewrite: Rewrite | None = None,
+        routed: Routed | None = None,
     ) -> None:
         self._hot = hot
         self._protocol = protocol
@@ -198,6 +220,10 @@ class Splice:
         self._written = False  # something went to the client
         self._sent_at = time.perf_counter()
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._rewrite = rewrite  # a routed response's self-URL mapping
+        self._routed = routed
+        self._collecting = False  # a metadata body is being collected, to be written whole at the end
+        self._status = 0
 
     # -- the upstream's side (upstream.Sink) ----------------------------------
 
@@ -205,6 +231,17 @@ class Splice:
         self._hot.forwarder.latency.observe(time.perf_counter() - self._sent_at)
         status = connection.status
         headers = upstream_response_headers(connection.headers, private=self._private) + self._extra
+        rewrite = self._rewrite
+        if rewrite is not None:
+            try:
+                headers = rewrite.head(status, headers, head_only=self._cycle.scope["method"] == "HEAD")
+            except UpstreamUnmappable as exc:
+                self._unmappable(exc)
+                return
+            if rewrite.collect:
+                self._collecting = True
+                self._status = status
+                return
         # Framing of our own towards the client, as uvicorn's send does: the
         # upstream's length if it gave one, else chunked (the upstream's chunks
         # arrive decoded; a body that ends with the connection gets one too).
@@ -215,6 +252,13 @@ class Splice:
         self._pending = _head(self._protocol, self._cycle, status, headers)
 
     def upstream_body(self, data: bytes) -> None:
+        if self._collecting:
+            assert self._rewrite is not None
+            try:
+                self._rewrite.feed(data)
+            except UpstreamUnmappable as exc:
+                self._unmappable(exc)
+            return
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         pending = self._pending
@@ -226,6 +270,19 @@ class Splice:
         self._written = True
 
     def upstream_end(self) -> None:
+        if self._collecting:
+            self._collecting = False
+            assert self._rewrite is not None
+            try:
+                headers, body = self._rewrite.finish()
+            except UpstreamUnmappable as exc:
+                self._unmappable(exc)
+                return
+            self._transport.write(_head(self._protocol, self._cycle, self._status, headers) + body)
+            self._written = True
+            self._finish()
+            _complete(self._protocol, self._cycle)
+            return
         tail = b"0\r\n\r\n" if self._chunked else b""
         if self._pending is not None:
             tail = self._pending + tail
@@ -256,6 +313,16 @@ class Splice:
             self._protocol.run_asgi(self._cycle)
             return
         hot.forwarder.errors[failure.kind] += 1
+        body = refusal_body(failure.error, failure.detail)
+        respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)
+
+    def _unmappable(self, failure: UpstreamUnmappable) -> None:
+        """A metadata body that cannot be rewritten: 502, and the upstream connection (its body unread) closed."""
+        self._collecting = False
+        self._hot.forwarder.errors[failure.kind] += 1
+        assert self._routed is not None
+        log_unmappable(self._routed, failure)
+        self._finish()
         body = refusal_body(failure.error, failure.detail)
         respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from fluxauth.decision.proxies import ProxyTrust, forwarded_headers
+from fluxauth.decision.proxies import ProxyTrust, forwarded_headers, public_origin
 
 NOBODY = ProxyTrust(())
 LOOPBACK = ProxyTrust((ipaddress.ip_network("127.0.0.1/32"),))
@@ -156,3 +156,57 @@ def test_forwarded_headers_without_host_sends_no_forwarded_host() -> None:
     headers = dict(forwarded_headers(NOBODY, "203.0.113.7", "https", None, {}))
     assert b"x-forwarded-host" not in headers
     assert headers[b"x-forwarded-proto"] == b"https"
+
+
+def test_forwarded_headers_for_a_route_leave_out_the_host() -> None:
+    """A route's upstream names its own base: no X-Forwarded-Host, even from a trusted proxy."""
+    received = {b"x-forwarded-host": b"maps.example.org", b"x-forwarded-proto": b"https"}
+    headers = forwarded_headers(LOOPBACK, "127.0.0.1", "http", b"fluxauth:8000", received, with_host=False)
+    assert headers == [(b"x-forwarded-for", b"127.0.0.1"), (b"x-forwarded-proto", b"https")]
+
+
+PUBLIC_ORIGINS = [
+    # trust, peer, scheme, Host, forwarded headers -> the origin a client used
+    (NOBODY, "10.0.0.1", "http", b"fluxauth.example:8000", {}, b"http://fluxauth.example:8000"),
+    (NOBODY, "10.0.0.1", "https", b"fluxauth.example", {}, b"https://fluxauth.example"),
+    # An untrusted peer's own forwarding headers are ignored.
+    (NOBODY, "10.0.0.1", "http", b"a:1", {b"x-forwarded-proto": b"https", b"x-forwarded-host": b"evil"}, b"http://a:1"),
+    # A trusted TLS proxy: https and its public host.
+    (
+        LOOPBACK,
+        "127.0.0.1",
+        "http",
+        b"127.0.0.1:8000",
+        {b"x-forwarded-proto": b"https", b"x-forwarded-host": b"maps.example.org"},
+        b"https://maps.example.org",
+    ),
+    (LOOPBACK, "127.0.0.1", "http", b"maps.example.org", {b"x-forwarded-proto": b"HTTPS"}, b"https://maps.example.org"),
+    # A chain of proxies: the first hop is the client's.
+    (
+        LOOPBACK,
+        "127.0.0.1",
+        "http",
+        b"x",
+        {b"x-forwarded-proto": b"https, http", b"x-forwarded-host": b"a.example, b"},
+        b"https://a.example",
+    ),
+    (NOBODY, "10.0.0.1", "http", b"[::1]:8000", {}, b"http://[::1]:8000"),
+    # Nothing that cannot be written plainly into a document.
+    (NOBODY, "10.0.0.1", "http", None, {}, None),
+    (NOBODY, "10.0.0.1", "http", b"", {}, None),
+    (NOBODY, "10.0.0.1", "http", b'a"><script>', {}, None),
+    (NOBODY, "10.0.0.1", "http", b"user@host", {}, None),
+    (NOBODY, "10.0.0.1", "http", b"a b", {}, None),
+    (NOBODY, "10.0.0.1", "http", b"host:port", {}, None),
+    (NOBODY, "10.0.0.1", "http", b"-host", {}, None),
+    (LOOPBACK, "127.0.0.1", "http", b"a", {b"x-forwarded-proto": b"javascript"}, None),
+    (LOOPBACK, "127.0.0.1", "http", b"a", {b"x-forwarded-host": b"a/b"}, None),
+]
+
+
+@pytest.mark.parametrize(("trust", "peer", "scheme", "host", "received", "origin"), PUBLIC_ORIGINS)
+def test_public_origin(
+    trust: ProxyTrust, peer: str, scheme: str, host: bytes | None, received: dict[bytes, bytes], origin: bytes | None
+) -> None:
+    """The scheme and host a client used, as trusted_proxies tell them; None for what cannot be written."""
+    assert public_origin(trust, peer, scheme, host, received) == origin
