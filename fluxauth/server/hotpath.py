@@ -230,7 +230,10 @@ class Splice:
     def upstream_head(self, connection: Connection) -> None:
         self._hot.forwarder.latency.observe(time.perf_counter() - self._sent_at)
         status = connection.status
-        headers = upstream_response_headers(connection.headers, private=self._private) + self._extra
+        headers = (
+            upstream_response_headers(connection.headers, private=self._private, cors=self._hot.forwarder.cors)
+            + self._extra
+        )
         rewrite = self._rewrite
         if rewrite is not None:
             try:

@@ -12,121 +12,42 @@ upstream say what each received.
 from __future__ import annotations
 
 import base64
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
-from starlette.routing import Route
 
 from fluxauth.clock import FakeClock
 from fluxauth.config.settings import Settings
-from tests.support.clients import (
-    PRINCIPAL,
-    README_BROWSER_ORIGIN,
-    TILE_PATH,
-    Image,
-    Stack,
-    mosaic,
-    read_png,
-    readme_snippet,
-    running_stack,
-    wrong_secret,
+from tests.support.browser import (
+    allowed_origin,
+    assert_blank,
+    assert_shows,
+    open_map,
+    other_origin,
+    page_server,
 )
+from tests.support.clients import PRINCIPAL, TILE_PATH, Stack, mosaic, running_stack, wrong_secret
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py)
 
-BROWSER = Path(__file__).resolve().parent.parent / "browser"
-MAPLIBRE = BROWSER / "node_modules" / "maplibre-gl" / "dist"
 # The README's map is MapLibre's zoom 0, a world 512 pixels wide: on the page's 512 x 512
 # canvas it is the four 256-pixel tiles 1/x/y, pixel for pixel.
 ZOOM1_TILES = [TILE_PATH.format(z=1, x=x, y=y) for x in (0, 1) for y in (0, 1)]
 
 
-def _page_app() -> Starlette:
-    """The web map: README's MapLibre snippet aimed at ``?fluxauth=`` with ``?token=``."""
-    template = (BROWSER / "map.html").read_text(encoding="utf-8")
-    snippet = readme_snippet("MapLibre GL JS / Mapbox GL JS", "js")
-
-    async def page(request: Request) -> HTMLResponse:
-        fluxauth, token = request.query_params["fluxauth"], request.query_params["token"]
-        script = snippet.replace(README_BROWSER_ORIGIN, fluxauth)
-        html = template.replace("/*TOKEN*/", json.dumps(token)).replace("/*README SNIPPET*/", script)
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
-
-    return Starlette(
-        routes=[
-            Route("/map.html", page),
-            Route("/maplibre-gl.js", lambda _: FileResponse(MAPLIBRE / "maplibre-gl.js")),
-            Route("/maplibre-gl.css", lambda _: FileResponse(MAPLIBRE / "maplibre-gl.css")),
-            Route("/favicon.ico", lambda _: Response(status_code=204)),
-        ]
-    )
-
-
 @pytest.fixture(scope="module")
 def pages() -> Iterator[ServerThread]:
-    assert (MAPLIBRE / "maplibre-gl.js").is_file(), "run scripts/system-deps.sh (npm ci in tests/browser)"
-    with ServerThread(_page_app()) as server:
+    with page_server() as server:
         yield server
-
-
-def allowed_origin(pages: ServerThread) -> str:
-    return f"http://localhost:{pages.port}"
-
-
-def other_origin(pages: ServerThread) -> str:
-    return f"http://127.0.0.1:{pages.port}"
 
 
 @pytest.fixture
 def stack(settings: Settings, store_path: str, clock: FakeClock, pages: ServerThread) -> Iterator[Stack]:
     with running_stack(settings, store_path, clock, cors_allow_origins=(allowed_origin(pages),)) as stack:
         yield stack
-
-
-def open_map(
-    tmp_path: Path, origin: str, stack: Stack, token: str, navigate: str | None = None
-) -> tuple[dict[str, Any], Image]:
-    """Open the map page from ``origin`` in Chromium; return the driver's report and the map's screenshot."""
-    screenshot = tmp_path / "map.png"
-    query = f"fluxauth={stack.url}&token={token}"
-    request = {"page": f"{origin}/map.html?{query}", "screenshot": str(screenshot), "navigate": navigate}
-    done = subprocess.run(
-        ["node", str(BROWSER / "drive.mjs")],
-        input=json.dumps({**request, "timeoutMs": 20000}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    assert report["map"] is not None, report
-    assert not report["map"].get("timedOut"), report
-    assert not report["pageErrors"], report
-    return report, read_png(screenshot.read_bytes())
-
-
-def assert_shows(shot: Image, expected: Image) -> None:
-    """Every pixel of the map is the expected one (within 2 levels of resampling noise)."""
-    assert (shot.width, shot.height) == (expected.width, expected.height)
-    worst = max(
-        max(abs(a - b) for a, b in zip(got, want, strict=True))
-        for got, want in zip(shot.rows, expected.rows, strict=True)
-    )
-    assert worst <= 2, f"the map differs from the upstream's tiles by up to {worst} levels"
-
-
-def assert_blank(shot: Image) -> None:
-    """No tile is drawn: the map shows only the page's black background."""
-    assert all(not any(row) for row in shot.rows), "the map shows pixels other than the background"
 
 
 def tile_urls(report: dict[str, Any], key: str, stack: Stack) -> set[str]:
@@ -139,7 +60,7 @@ def test_browser_map_renders_tiles_through_fluxauth(
 ) -> None:
     """Preflights are answered, the tiles arrive authenticated, and the canvas shows the upstream's pixels."""
     origin = allowed_origin(pages)
-    report, shot = open_map(tmp_path, origin, stack, token)
+    report, shot = open_map(tmp_path, origin, stack.url, token)
 
     assert report["map"]["errors"] == []
     assert report["authRequired"] == []
@@ -180,7 +101,7 @@ def test_browser_wrong_key_shows_no_tile_and_no_login_dialog(
     """
     origin = allowed_origin(pages)
     navigate = stack.url + TILE_PATH.format(z=3, x=2, y=4)  # a tile the map does not show
-    report, shot = open_map(tmp_path, origin, stack, wrong_secret(token), navigate=navigate)
+    report, shot = open_map(tmp_path, origin, stack.url, wrong_secret(token), navigate=navigate)
 
     statuses = {(error["url"] or "").removeprefix(stack.url): error["status"] for error in report["map"]["errors"]}
     assert {path: statuses.get(path) for path in ZOOM1_TILES} == dict.fromkeys(ZOOM1_TILES, 401)  # readable: CORS
@@ -209,7 +130,7 @@ def test_browser_page_on_another_origin_is_refused_and_nothing_forwarded(
 ) -> None:
     """A page from an origin fluxauth does not allow stops at the preflight: no tile, nothing upstream."""
     origin = other_origin(pages)
-    report, shot = open_map(tmp_path, origin, stack, token)
+    report, shot = open_map(tmp_path, origin, stack.url, token)
 
     statuses = {(error["url"] or "").removeprefix(stack.url): error["status"] for error in report["map"]["errors"]}
     assert {path: statuses.get(path) for path in ZOOM1_TILES} == dict.fromkeys(ZOOM1_TILES, 0)  # a network error

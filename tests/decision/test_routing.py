@@ -9,7 +9,8 @@ import pytest
 from fluxauth.config.routes import parse_routes
 from fluxauth.config.settings import DEFAULT_PROTOCOLS, redact_url
 from fluxauth.decision.routing import PinnedParameter, Routed, Routes, parameter_name
-from fluxauth.decision.target import AmbiguousPath, NotComputePath, PathError, parse_target
+from fluxauth.decision.target import parse_target
+from fluxauth.errors import AmbiguousPath, NotComputePath, PathError
 
 PROTOCOLS = frozenset(DEFAULT_PROTOCOLS)
 TITILER = {

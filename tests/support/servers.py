@@ -116,9 +116,9 @@ class ServerThread:
         self.stop()
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, *, timeout: float = 15) -> None:
     """Poll until ``port`` accepts connections; fail with the server's log if it exits first."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()}")
@@ -134,11 +134,23 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
 @contextlib.contextmanager
 def running_process(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run a server as a subprocess until the block ends; yields its URL once its port answers."""
-    with log.open("ab") as output:
-        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
+    with started_process(args, log, env) as process:
         wait_for_port(port, process, log)
         yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def started_process(
+    args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess with its output appended to ``log`` until the block ends, terminated (then killed) after.
+
+    For servers that start side by side before their ports are waited for (``running_process`` waits at once).
+    """
+    with log.open("ab") as output:
+        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        yield process
     finally:
         process.terminate()
         try:
