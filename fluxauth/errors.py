@@ -15,11 +15,13 @@ The hierarchy::
     │   │   └── AmbiguousPath         some reader could take the path another way (400)
     │   ├── BadRequest            the request cannot be handled as sent (400)
     │   │   ├── UnclearForwardAuth      forward-auth was not told which request it decides (400)
+    │   │   ├── BadHost                the Host (or a trusted X-Forwarded-Host) is invalid or not served (400)
     │   │   ├── UriTooLong             path and query over max_url_length (414)
     │   │   ├── BodyTooLarge           a body over max_request_body, declared or streamed (413)
     │   │   ├── HeadTooLarge           request line and headers over max_header_bytes (431)
     │   │   ├── RequestTimeout         the head or a body did not arrive in time (408)
-    │   │   └── UnsupportedTransferCoding  a transfer coding other than chunked (501)
+    │   │   ├── UnsupportedTransferCoding  a transfer coding other than chunked (501)
+    │   │   └── UnsupportedMethod      TRACE or CONNECT (501)
     │   └── MalformedCredentials  the Authorization header is not Basic org:API-key (401)
     │       └── ConflictingCredentials   more than one Authorization header (400)
     ├── ClientFailed              the client broke off an exchange: nothing more is owed it
@@ -106,6 +108,12 @@ class UnclearForwardAuth(BadRequest):
     """The proxy did not say, or said more than once, which request forward-auth decides."""
 
 
+class BadHost(BadRequest):
+    """The Host header, or a trusted proxy's X-Forwarded-Host, is not one valid host[:port], or not in public_hosts."""
+
+    error = "bad_host"
+
+
 class UriTooLong(BadRequest):
     status = 414
     error = "uri_too_long"
@@ -128,6 +136,18 @@ class RequestTimeout(BadRequest):
 
 class UnsupportedTransferCoding(BadRequest):
     # RFC 9112 §6.1: a transfer coding the server does not understand is 501.
+    status = 501
+    error = "not_implemented"
+
+
+class UnsupportedMethod(BadRequest):
+    """TRACE or CONNECT: never forwarded (``decision/request.py`` says why).
+
+    501 rather than 405: RFC 9110 §15.5.6 wants a 405 to list the methods the
+    resource allows, which only the upstream knows; 501 says the server does
+    not support the method for any resource (§15.6.2), which is the case.
+    """
+
     status = 501
     error = "not_implemented"
 

@@ -1,4 +1,4 @@
-"""What org, repo, ref, key and protocol names may look like: one set of rules for paths, settings and commands.
+"""What org, repo, ref, key, protocol and host names may look like: one set of rules for paths, settings and commands.
 
 The path parser (``decision/target.py``) decides on these segments byte for
 byte, the settings check protocol names, and the command line and the
@@ -16,6 +16,7 @@ cannot end with one either).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from fluxauth.errors import InputError
@@ -68,3 +69,42 @@ def split_repository(value: str) -> tuple[str, str]:
     if not slash:
         raise InputError(f"bad repository {value!r}: expected ORG/REPO")
     return check_org(org), check_repo(repo)
+
+
+# -- hosts ------------------------------------------------------------------------
+# A host as a Host header may name it (decision/hosts.py) and public_hosts may
+# list it: a DNS-style name (``_`` allowed, as container names have it), which
+# covers IPv4 addresses, or an IPv6 literal; a port from 1 to 65535.
+_NAME = rb"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63})*\.?"
+_HOST = re.compile(rb"(?P<name>" + _NAME + rb"|\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\])(?::(?P<port>[0-9]{1,5}))?")
+_HOST_NAME = re.compile(_NAME)
+MAX_HOST_NAME = 253  # RFC 1035 §2.3.4, without the trailing dot
+
+
+def host_name(value: bytes) -> bytes | None:
+    """The host in ``value`` (lower case, no port, no trailing dot) if ``value`` is one ``host[:port]``, else None."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return None
+    port = match["port"]
+    if port is not None and not 0 < int(port) <= 65535:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"].decode("ascii"))
+        except ValueError:
+            return None
+        return match["name"].lower()
+    name = match["name"].rstrip(b".").lower()
+    return name if len(name) <= MAX_HOST_NAME else None
+
+
+def check_host_pattern(value: str) -> str:
+    """A ``public_hosts`` entry (``maps.example.org``, ``*.example.org``, ``[::1]``) in lower case, no trailing dot."""
+    text = value.strip().lower().rstrip(".")
+    name = text[2:] if text.startswith("*.") else text
+    if text.isascii() and name.startswith("[") and name.endswith("]") and host_name(name.encode()) == name.encode():
+        return text
+    if text.isascii() and _HOST_NAME.fullmatch(name.encode()) and len(name) <= MAX_HOST_NAME:
+        return text
+    raise InputError(f"bad host name {value!r}: expected a name such as maps.example.org or *.example.org, no port")

@@ -103,7 +103,7 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float
     await app.startup()
     try:
         warm = RequestHead("GET", TILE_PATH, b"", peer="127.0.0.1")
-        warm.add_headers([(b"authorization", authorization)])
+        warm.add_headers([(b"host", b"tiles.example.org"), (b"authorization", authorization)])
         assert (await app.gate.check(warm)).status == 200  # verified once, cached from now on
         config = Config(app, http=LimitedHttpToolsProtocol, access_log=False, log_level="warning", proxy_headers=False)
         config.load()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from fluxauth.errors import InputError
-from fluxauth.names import check_key_name, check_org, check_repo, split_repository
+from fluxauth.names import check_key_name, check_org, check_repo, host_name, split_repository
 
 Check = Callable[[str], str]
 
@@ -104,3 +104,38 @@ def test_check_repo_refuses_names_paths_would_refuse(value: str) -> None:
     """A repo ending in '.' or holding '..' is refused at creation: its paths are refused as ambiguous."""
     with pytest.raises(InputError):
         check_repo(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (b"maps.example.org", b"maps.example.org"),
+        (b"Maps.Example.ORG.:8443", b"maps.example.org"),
+        (b"127.0.0.1:8000", b"127.0.0.1"),
+        (b"[::1]:8000", b"[::1]"),
+        (b"[2001:DB8::1]", b"[2001:db8::1]"),
+        (b"tile_server", b"tile_server"),  # container names
+        (b"localhost:65535", b"localhost"),
+        (b"fa evil.example", None),
+        (b"user:pass@fa", None),
+        (b"fa\xe9", None),
+        (b"", None),
+        (b"fa:", None),
+        (b"fa:0", None),
+        (b"fa:65536", None),
+        (b"fa:+80", None),
+        (b"fa,evil", None),
+        (b".fa", None),
+        (b"fa..b", None),
+        (b"fa/x", None),
+        (b"fa\\x", None),
+        (b"[::1", None),
+        (b"[::g]", None),
+        (b"[1.2.3.4]", None),
+        (b"a" * 254, None),
+        (b"xn--bcher-kva.example", b"xn--bcher-kva.example"),
+    ],
+)
+def test_host_name_table(value: bytes, name: bytes | None) -> None:
+    """``host_name``: one ``host[:port]`` (a name, an IPv4 address or an IPv6 literal) or None, never repaired."""
+    assert host_name(value) == name

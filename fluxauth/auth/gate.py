@@ -32,6 +32,7 @@ from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings
 from fluxauth.decision.cors import Cors
 from fluxauth.decision.credentials import BasicCredentials, credentials_from, split_basic
+from fluxauth.decision.hosts import HostRules
 from fluxauth.decision.policy import Decision, Failure, Outcome, Principal, decide, refuse, refuse_error
 from fluxauth.decision.proxies import ProxyTrust
 from fluxauth.decision.request import RequestHead, check_framing
@@ -122,6 +123,7 @@ class Gate:
         self.routes = Routes(settings.routes, settings.upstreams)
         self.cors = Cors(settings.cors_allow_origins, settings.cors_max_age)
         self.proxies = ProxyTrust(settings.trusted_proxies)
+        self.hosts = HostRules(settings.public_hosts)
         self.cache = CredentialCache(ttl=settings.cache_ttl, maxsize=settings.cache_maxsize, clock=clock)
         self.limiter = FailureLimiter(
             limit=settings.rate_limit_failures, window=settings.rate_limit_window, clock=clock
@@ -306,6 +308,10 @@ class Gate:
         """The request's target once its framing, path and query pass (and its route, if any); else the refusal."""
         try:
             check_framing(head, max_url_length=self.settings.max_url_length)
+            forwarded_host = head.forwarded_host
+            if forwarded_host is not None and (head.peer is None or not self.proxies.is_trusted(head.peer)):
+                forwarded_host = None  # the client's own: dropped, not believed
+            self.hosts.check(head.host, forwarded_host, http_11=head.http_version != "1.0")
             target = parse_target(head.raw_path, self.protocols)
             check_query(head.query)
             if self.routes:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from fluxauth.config.durations import parse_duration
 from fluxauth.config.routes import Route, parse_routes
 from fluxauth.errors import ConfigError, InputError
-from fluxauth.names import check_protocol
+from fluxauth.names import check_host_pattern, check_protocol
 
 Argon2Profile = Literal["rfc9106-low-memory", "rfc9106-high-memory", "cheapest"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -76,6 +76,9 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()
     cors_max_age: int = 600
     trusted_proxies: tuple[Network, ...] = ()
+    # The host names clients may use (Host, or a trusted proxy's X-Forwarded-Host),
+    # "*.example.org" for every name under it; empty: any valid host (decision/hosts.py).
+    public_hosts: tuple[str, ...] = ()
     argon2_profile: Argon2Profile = "rfc9106-low-memory"
     # argon2 verifications at once, off the event loop; 0: as many as the cores
     # hold of the profile's lanes (each verification runs one thread per lane).
@@ -232,6 +235,13 @@ def _origins(key: str, raw: object) -> tuple[str, ...]:
     return tuple(origin.rstrip("/").lower() for origin in origins)
 
 
+def _public_hosts(key: str, raw: object) -> tuple[str, ...]:
+    try:
+        return tuple(check_host_pattern(item) for item in _words(key, raw))
+    except InputError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def _networks(key: str, raw: object) -> tuple[Network, ...]:
     if isinstance(raw, list | tuple):  # networks already, in code
         raw = [str(item) if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network) else item for item in raw]
@@ -331,6 +341,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "cors_allow_origins": _origins,
     "cors_max_age": lambda k, v: _int(k, v, 0),
     "trusted_proxies": _networks,
+    "public_hosts": _public_hosts,
     "argon2_profile": _choice(get_args(Argon2Profile)),
     "verify_threads": lambda k, v: _int(k, v, 0),
     "cache_ttl": _seconds,

@@ -11,10 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from fluxauth.errors import BadRequest, BodyTooLarge, UnsupportedTransferCoding, UriTooLong
+from fluxauth.errors import BadRequest, BodyTooLarge, UnsupportedMethod, UnsupportedTransferCoding, UriTooLong
 from fluxauth.types import Scope
 
 _DIGITS = re.compile(rb"[0-9]{1,19}")
+# Never forwarded. TRACE makes the upstream echo the request it received, with
+# the headers fluxauth added (its own credentials to the upstream among them,
+# from a URL's userinfo: seen with an echoing upstream); CONNECT asks for a
+# tunnel to wherever the client names, past every decision (and uvicorn
+# treats it as an upgrade it cannot do).
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 
 
 @dataclass(slots=True)
@@ -27,10 +33,13 @@ class RequestHead:
     request_method: bytes | None = None  # Access-Control-Request-Method
     request_headers: bytes | None = None  # Access-Control-Request-Headers
     forwarded_for: bytes | None = None
+    forwarded_host: bytes | None = None  # repeats joined with ",", which no host holds
     peer: str | None = None
     content_length: list[bytes] = field(default_factory=list)
     transfer_encoding: list[bytes] = field(default_factory=list)
     hosts: int = 0
+    host: bytes | None = None
+    http_version: str = "1.1"
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestHead:
@@ -38,7 +47,13 @@ class RequestHead:
         if raw_path is None:  # servers that omit raw_path: re-encode what they decoded
             raw_path = scope["path"].encode("utf-8", "surrogateescape")
         client = scope.get("client")
-        head = cls(scope["method"], raw_path, scope.get("query_string", b""), peer=client[0] if client else None)
+        head = cls(
+            scope["method"],
+            raw_path,
+            scope.get("query_string", b""),
+            peer=client[0] if client else None,
+            http_version=scope.get("http_version", "1.1"),
+        )
         head.add_headers(scope["headers"])
         return head
 
@@ -55,12 +70,15 @@ class RequestHead:
                 self.request_headers = value
             elif name == b"x-forwarded-for":
                 self.forwarded_for = value if self.forwarded_for is None else self.forwarded_for + b"," + value
+            elif name == b"x-forwarded-host":
+                self.forwarded_host = value if self.forwarded_host is None else self.forwarded_host + b"," + value
             elif name == b"content-length":
                 self.content_length.append(value)
             elif name == b"transfer-encoding":
                 self.transfer_encoding.append(value)
             elif name == b"host":
                 self.hosts += 1
+                self.host = value
 
     @property
     def body_length(self) -> int | None:
@@ -85,7 +103,12 @@ def check_framing(head: RequestHead, *, max_url_length: int) -> None:
     A transfer coding other than exactly ``chunked`` would have to be decoded to
     be forwarded; fluxauth does not, so it is refused rather than passed on
     as if it were the body. Two ``Host`` headers are a 400 by RFC 9112 §3.2.
+    TRACE and CONNECT are refused (501) whoever asks (``REFUSED_METHODS``).
     """
+    # Compared in upper case: methods are case-sensitive (RFC 9110 §9.1), but
+    # some servers fold them. (GET, every tile, skips the fold.)
+    if head.method != "GET" and head.method.upper() in REFUSED_METHODS:
+        raise UnsupportedMethod("TRACE and CONNECT are not supported")
     if len(head.raw_path) + (len(head.query) + 1 if head.query else 0) > max_url_length:
         raise UriTooLong(f"the request target is longer than {max_url_length} bytes")
     if head.hosts > 1:

@@ -26,12 +26,20 @@ What reaches the upstream:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
 from fluxauth.config.settings import Settings
+from fluxauth.decision.headers import (
+    connection_named,
+    dropped_before_forwarding,
+    identity,
+    upstream_response_headers,
+    without_credential,
+)
 from fluxauth.decision.policy import Principal
 from fluxauth.decision.proxies import ProxyTrust, forwarded_headers, public_origin
 from fluxauth.decision.request import RequestHead
@@ -55,57 +63,7 @@ from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
 
 log = logging.getLogger("fluxauth.forward")
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Request headers that never reach the upstream as the client sent them
-# (compared after ``_`` -> ``-``; every ``x-forwarded-*`` and ``x-fluxauth-*`` too).
-_DROPPED_REQUEST = HOP_BY_HOP | {
-    b"host",
-    b"authorization",
-    b"content-length",  # set by fluxauth from the length it checked
-    b"expect",
-    b"forwarded",
-    b"x-real-ip",
-    # Read by some frameworks as the real path or method (IIS, Symfony, Laravel,
-    # Express method-override, Envoy): the upstream would serve what was not decided.
-    b"x-original-url",
-    b"x-original-uri",
-    b"x-rewrite-url",
-    b"x-envoy-original-path",
-    b"x-http-method-override",
-    b"x-http-method",
-    b"x-method-override",
-    # Client addresses that upstreams and their frameworks believe.
-    b"true-client-ip",
-    b"x-client-ip",
-    b"x-cluster-client-ip",
-    b"client-ip",
-}
-_DROPPED_PREFIXES = (b"x-fluxauth-", b"x-forwarded-")
 _KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-_NOT_RELAYED = HOP_BY_HOP | {b"date"}
-# With CORS configured, fluxauth answers for it (preflights, Access-Control-Allow-Origin on
-# every response): an upstream's own grants beside them (TiTiler sends "*") would make two
-# Access-Control-Allow-Origin headers, which browsers refuse, or grant what fluxauth did not.
-_NOT_RELAYED_WITH_CORS = _NOT_RELAYED | {
-    b"access-control-allow-origin",
-    b"access-control-allow-credentials",
-    b"access-control-expose-headers",
-    b"access-control-allow-methods",
-    b"access-control-allow-headers",
-    b"access-control-max-age",
-}
 # Methods whose requests carry no body unless they say so: no "Content-Length: 0" is added.
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 # The content codings a routed metadata body may come in: those fluxauth can decode to rewrite it.
@@ -129,18 +87,18 @@ def accept_decodable(values: list[bytes]) -> bytes:
     return b", ".join(kept) or b"identity"
 
 
-def dropped_header(name: bytes) -> bool:
-    """Whether a client's header ``name`` (lower case) never reaches the upstream, however it is spelled."""
-    normal = name.replace(b"_", b"-")
-    return normal in _DROPPED_REQUEST or normal.startswith(_DROPPED_PREFIXES)
+def upstream_credentials(origin: Origin) -> tuple[bytes, ...]:
+    """The strings that would give away fluxauth's own credentials to ``origin`` (from its URL's userinfo).
 
-
-def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(part.strip().lower() for part in value.split(b","))
-    return named
+    The Basic value, ``user:password`` and the password alone (when it is
+    long enough not to turn up by chance in an ordinary header).
+    """
+    if origin.authorization is None:
+        return ()
+    blob = origin.authorization.removeprefix(b"Basic ")
+    userinfo = base64.b64decode(blob)
+    password = userinfo.partition(b":")[2]
+    return tuple(part for part in (blob, userinfo, password if len(password) >= 8 else b"") if part)
 
 
 class Forwarder:
@@ -157,6 +115,9 @@ class Forwarder:
         self.origins = {p: Origin.from_url(settings.upstream_for(p)) for p in settings.protocols}
         self.route_origins = {route.origin: Origin.from_url(route.origin) for route in settings.routes}
         self.cors = bool(settings.cors_allow_origins)  # fluxauth answers for CORS: upstream grants dropped
+        # Only origins with credentials: empty (and skipped) in the usual case.
+        origins = [*self.origins.values(), *self.route_origins.values()]
+        self._credentials = {o: c for o in origins if (c := upstream_credentials(o))}
         self.latency = Histogram()  # until the upstream's response headers
         self.errors: Counter[str] = Counter()
 
@@ -210,8 +171,8 @@ class Forwarder:
             elif name in _KEPT_FORWARDED:
                 forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
             elif name == b"connection" and named is None:
-                named = _connection_named(received)  # every Connection header at once
-            if not dropped_header(name):
+                named = connection_named(received)  # every Connection header at once
+            if not dropped_before_forwarding(name):
                 kept_headers.append((name, value))
         if named:
             kept_headers = [(name, value) for name, value in kept_headers if name not in named]
@@ -245,21 +206,32 @@ class Forwarder:
             with_host=routed is None,
         ):
             lines += (name, b": ", value, b"\r\n")
-        if principal is not None:
-            org, label = principal.org.encode("ascii"), principal.label.encode("ascii")  # slugs (fluxauth/names.py)
-            lines += (b"x-fluxauth-org: ", org, b"\r\nx-fluxauth-principal: ", label)
-        else:
-            lines.append(b"x-fluxauth-principal: anonymous")
+        for name, value in identity(principal):
+            lines += (name, b": ", value, b"\r\n")
         if origin.authorization is not None:  # fluxauth's own credentials to the upstream, from its URL
-            lines += (b"\r\nauthorization: ", origin.authorization)
+            lines += (b"authorization: ", origin.authorization, b"\r\n")
         length = head.body_length
         if length is not None:
             if length or head.method not in _BODILESS:
-                lines += (b"\r\ncontent-length: ", str(length).encode("ascii"))
+                lines += (b"content-length: ", str(length).encode("ascii"), b"\r\n")
         elif head.transfer_encoding:
-            lines.append(b"\r\ntransfer-encoding: chunked")
-        lines.append(b"\r\n\r\n")
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
         return b"".join(lines)
+
+    def response_headers(self, origin: Origin, raw: Headers, *, private: bool) -> Headers:
+        """What the client gets of the upstream's response headers (``headers.upstream_response_headers``).
+
+        Less any header that holds fluxauth's own credentials to ``origin``: an
+        upstream that reflects request headers into its response would hand
+        them to the client. (A body that echoes them cannot be filtered:
+        SECURITY.md.)
+        """
+        headers = upstream_response_headers(raw, private=private, cors=self.cors)
+        if not self._credentials:
+            return headers
+        secrets = self._credentials.get(origin)
+        return headers if secrets is None else without_credential(headers, secrets)
 
     async def forward(
         self,
@@ -312,8 +284,7 @@ class Forwarder:
             return
         self.latency.observe(time.perf_counter() - sent_at)
         try:
-            private = principal is not None
-            headers = upstream_response_headers(upstream.headers, private=private, cors=self.cors) + extra_headers
+            headers = self.response_headers(origin, upstream.headers, private=principal is not None) + extra_headers
             if rewrite is None:
                 await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
             else:
@@ -474,37 +445,3 @@ class _BodyReader:
                 yield body
             if not message.get("more_body", False):
                 return
-
-
-def upstream_response_headers(raw: Headers, *, private: bool, cors: bool = False) -> Headers:
-    """The upstream's response headers (names in lower case) without hop-by-hop ones, nor its ``Date``.
-
-    ``cors``: fluxauth's CORS is configured, so the upstream's ``Access-Control-*``
-    headers are dropped too (fluxauth's own are added).
-
-    The server fluxauth runs on sends its own ``Date`` with every response
-    (uvicorn's default headers); the upstream's beside it made two, which a
-    field defined once (RFC 9110 §6.6.1) must not be.
-
-    ``private``: the request was authenticated, so the answer is for that key
-    alone. An upstream's ``public`` or ``s-maxage`` would let a shared cache in
-    front of fluxauth serve it to anyone (RFC 9111 §3.5); they are replaced by
-    ``private``.
-    """
-    named = _connection_named(raw)
-    dropped = _NOT_RELAYED_WITH_CORS if cors else _NOT_RELAYED
-    headers = [(name, value) for name, value in raw if name not in dropped and name not in named]
-    if not private:
-        return headers
-    directives: list[bytes] = []
-    kept = []
-    for name, value in headers:
-        if name == b"cache-control":
-            directives += [part.strip() for part in value.split(b",") if part.strip()]
-        else:
-            kept.append((name, value))
-    directives = [d for d in directives if d.lower() != b"public" and not d.lower().startswith(b"s-maxage")]
-    if not any(d.lower() in (b"private", b"no-store") for d in directives):
-        directives.insert(0, b"private")
-    kept.append((b"cache-control", b", ".join(directives)))
-    return kept

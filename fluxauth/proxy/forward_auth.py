@@ -24,6 +24,7 @@ the shipped nginx config turns back into that status.
 from __future__ import annotations
 
 from fluxauth.auth.gate import Gate
+from fluxauth.decision.headers import identity
 from fluxauth.decision.policy import Decision, Outcome
 from fluxauth.decision.request import RequestHead
 from fluxauth.errors import UnclearForwardAuth
@@ -101,14 +102,7 @@ def allowed_now(gate: Gate, scope: Scope) -> Headers | None:
     decision = gate.decide_now(head)
     if decision is None or decision.outcome is not Outcome.FORWARD:
         return None
-    return identity_headers(decision) + gate.cors.response_headers(head.origin)
-
-
-def identity_headers(decision: Decision) -> Headers:
-    principal = decision.principal
-    if principal is None:
-        return [(b"x-fluxauth-principal", b"anonymous")]
-    return [(b"x-fluxauth-org", principal.org.encode()), (b"x-fluxauth-principal", principal.label.encode())]
+    return identity(decision.principal) + gate.cors.response_headers(head.origin)
 
 
 async def answer(gate: Gate, scope: Scope, send: Send) -> Decision | None:
@@ -128,7 +122,7 @@ async def answer(gate: Gate, scope: Scope, send: Send) -> Decision | None:
         decision = PREFLIGHT_HERE
     cors = gate.cors.response_headers(head.origin)
     if decision.outcome is Outcome.FORWARD:
-        await send_response(send, 200, b"", identity_headers(decision) + cors, b"text/plain")
+        await send_response(send, 200, b"", identity(decision.principal) + cors, b"text/plain")
         return decision
     status = decision.status
     extra = [(b"x-fluxauth-status", str(status).encode()), *cors]

@@ -2,9 +2,11 @@
 
 For a tile server written in Python: the same path rules, credentials, cache
 and decision as the standalone proxy, without a network hop. An allowed
-request reaches the app without ``Authorization`` or client-sent
-``X-Fluxauth-*`` headers, with ``X-Fluxauth-Org`` / ``X-Fluxauth-Principal``
-set and the principal in ``scope["fluxauth"]``. Paths outside
+request reaches the app without ``Authorization``, client-sent
+``X-Fluxauth-*`` headers, or the headers that frameworks read as another
+path, method or host (``decision/headers.py``: ``hidden_from_app``), with
+``X-Fluxauth-Org`` / ``X-Fluxauth-Principal`` set and the principal in
+``scope["fluxauth"]``. Paths outside
 ``/v1/services/`` are refused (404) unless listed in ``exclude_paths``.
 """
 
@@ -15,32 +17,12 @@ import asyncio
 from fluxauth.auth.gate import Gate
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings, load_settings
+from fluxauth.decision.headers import hidden_from_app, identity
 from fluxauth.decision.policy import Outcome
 from fluxauth.decision.request import RequestHead
 from fluxauth.proxy.responses import send_refusal, send_response
 from fluxauth.store import Store
 from fluxauth.types import ASGIApp, Headers, Message, Receive, Scope, Send
-
-# What the app never sees from the client (names compared with '_' read as '-',
-# as WSGI adapters fold them): the credentials, a forged identity, and the
-# headers that make frameworks serve another path or method than was decided.
-# X-Forwarded-* stay: in-process, they are the server's and the app's business.
-_HIDDEN = frozenset(
-    {
-        b"authorization",
-        b"x-original-url",
-        b"x-original-uri",
-        b"x-rewrite-url",
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
-    }
-)
-
-
-def _hidden_from_app(name: bytes) -> bool:
-    normal = name.replace(b"_", b"-")
-    return normal in _HIDDEN or normal.startswith(b"x-fluxauth-")
 
 
 class FluxAuthMiddleware:
@@ -77,14 +59,8 @@ class FluxAuthMiddleware:
         cors = self.gate.cors.response_headers(head.origin)
         if decision.outcome is Outcome.FORWARD:
             principal = decision.principal
-            headers = [(name, value) for name, value in scope["headers"] if not _hidden_from_app(name)]
-            if principal is not None:
-                headers += [
-                    (b"x-fluxauth-org", principal.org.encode()),
-                    (b"x-fluxauth-principal", principal.label.encode()),
-                ]
-            else:
-                headers.append((b"x-fluxauth-principal", b"anonymous"))
+            headers = [(name, value) for name, value in scope["headers"] if not hidden_from_app(name)]
+            headers += identity(principal)
             inner = {**scope, "headers": headers, "fluxauth": {"principal": principal}}
             await self.app(inner, receive, self._with_headers(send, cors) if cors else send)
         elif kind == "websocket":

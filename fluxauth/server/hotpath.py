@@ -9,7 +9,7 @@ that is allowed, is answered here, from protocol callbacks:
 - forwarded: the upstream request (``Forwarder.request_head``: the bytes the
   ASGI path sends) goes out on an idle pooled connection, and the response is
   relayed as it arrives through the same header filter
-  (``upstream_response_headers``), its head and first body bytes in one write;
+  (``Forwarder.response_headers``), its head and first body bytes in one write;
 - forward-auth (``/_fluxauth/auth``): the 200 with the identity headers
   (``forward_auth.allowed_now``).
 
@@ -44,7 +44,7 @@ from fluxauth.decision.routing import Routed
 from fluxauth.errors import UpstreamBroken, UpstreamError, UpstreamUnmappable
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.app import DECISION, FluxAuthApp
-from fluxauth.proxy.forward import log_unmappable, upstream_response_headers
+from fluxauth.proxy.forward import log_unmappable
 from fluxauth.proxy.responses import own_headers, refusal_body
 from fluxauth.proxy.selfurls import Rewrite
 from fluxauth.types import Headers
@@ -86,7 +86,8 @@ class HotPath:
             respond(protocol, cycle, 200, own_headers(b"", b"text/plain") + headers, b"")
             return True
         client = scope["client"]
-        head = RequestHead(method, raw_path, scope["query_string"], peer=client[0] if client else None)
+        peer = client[0] if client else None
+        head = RequestHead(method, raw_path, scope["query_string"], peer=peer, http_version=scope["http_version"])
         head.add_headers(scope["headers"])
         if head.has_body:
             return False
@@ -230,10 +231,8 @@ class Splice:
     def upstream_head(self, connection: Connection) -> None:
         self._hot.forwarder.latency.observe(time.perf_counter() - self._sent_at)
         status = connection.status
-        headers = (
-            upstream_response_headers(connection.headers, private=self._private, cors=self._hot.forwarder.cors)
-            + self._extra
-        )
+        headers = self._hot.forwarder.response_headers(connection.origin, connection.headers, private=self._private)
+        headers += self._extra
         rewrite = self._rewrite
         if rewrite is not None:
             try:

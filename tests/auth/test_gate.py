@@ -22,6 +22,7 @@ TILE = b"/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/0/0/0.png"
 
 def head(token: str | None = None, *, path: bytes = TILE, method: str = "GET") -> RequestHead:
     request = RequestHead(method, path, b"", peer="192.0.2.7")
+    request.add_headers([(b"host", b"tiles.example.org")])
     if token is not None:
         request.add_headers([(b"authorization", b"Basic " + base64.b64encode(f"acme:{token}".encode()))])
     return request

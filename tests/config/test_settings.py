@@ -106,6 +106,13 @@ def test_load_settings_environment_overrides_file(tmp_path: Path) -> None:
     assert settings.argon2_profile == "cheapest"
 
 
+def test_load_settings_public_hosts_normalized() -> None:
+    """``public_hosts`` from the environment: lower case, no trailing dot; ``*.`` patterns and IPv6 literals kept."""
+    settings = load_settings(environ={"FLUXAUTH_PUBLIC_HOSTS": "Maps.Example.org., *.tiles.example.org,[::1]"})
+    assert settings.public_hosts == ("maps.example.org", "*.tiles.example.org", "[::1]")
+    assert load_settings(environ={}).public_hosts == ()
+
+
 def test_load_settings_cors_any_origin_from_environment() -> None:
     """FLUXAUTH_CORS_ALLOW_ORIGINS may be ``*``."""
     assert load_settings(environ={"FLUXAUTH_CORS_ALLOW_ORIGINS": "*"}).cors_allow_origins == ("*",)
@@ -184,6 +191,13 @@ def test_load_settings_origin_normalized_as_browsers_send_it(origin: str, normal
         ("trusted_proxies", "10.0.0.0/33"),
         ("trusted_proxies", "proxy.internal"),
         ("trusted_proxies", "10.0.0.1, 300.1.1.1"),
+        # bad host names
+        ("public_hosts", "https://maps.example.org"),
+        ("public_hosts", "maps.example.org:443"),
+        ("public_hosts", "maps example.org"),
+        ("public_hosts", "*"),
+        ("public_hosts", "bücher.example"),
+        ("public_hosts", "[::g]"),
         # bad numbers, durations and choices
         ("rate_limit_failures", "0"),
         ("rate_limit_failures", "-5"),

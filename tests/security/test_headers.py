@@ -25,11 +25,13 @@ from fluxauth.proxy.middleware import FluxAuthMiddleware
 from fluxauth.store.sqlite import SQLiteStore
 from tests.conftest import ProxyFactory
 from tests.support.readers import (
+    EchoUpstream,
     RawResponse,
     StarletteReader,
     WsgiReader,
     basic_value,
     get_raw,
+    read_all,
     request_bytes,
     send_raw,
     starlette_reader,
@@ -155,7 +157,7 @@ SPELLINGS = [
 def test_headers_forged_identity_never_reaches_a_cgi_upstream(start: Start, wsgi: WsgiReader, keys: Keys) -> None:
     """A forged X-Fluxauth-Org, however spelled, is not what a CGI-style upstream reads.
 
-    Defence: ``forward.dropped_header`` compares names with ``_`` read as
+    Defence: ``headers.dropped_before_forwarding`` compares names with ``_`` read as
     ``-``. wsgiref, CGI, PHP and Rack fold both into ``HTTP_X_FLUXAUTH_ORG``
     and join duplicates with a comma: without it the upstream reads
     ``evil,acme``. nginx drops underscored headers by default for this reason.
@@ -177,8 +179,8 @@ def test_headers_forwarded_family_from_an_untrusted_peer_is_replaced(
     """X-Forwarded-*, RFC 7239 Forwarded and client-IP headers from a client are replaced or dropped.
 
     Defence: ``proxies.forwarded_headers`` believes only ``trusted_proxies``;
-    ``forward._DROPPED_REQUEST`` drops Forwarded, X-Real-IP, True-Client-IP and
-    the like, in any spelling.
+    ``headers.PROXY_CLAIMS`` drops Forwarded, X-Forwarded, X-Real-IP,
+    True-Client-IP, CF-Connecting-IP and the like, in any spelling.
     """
     front = start(wsgi.url)
     spoofed = [
@@ -194,13 +196,23 @@ def test_headers_forwarded_family_from_an_untrusted_peer_is_replaced(
         (b"True-Client-IP", b"6.6.6.6"),
         (b"X-Client-IP", b"6.6.6.6"),
         (b"X-Cluster-Client-IP", b"6.6.6.6"),
+        (b"X-Forwarded", b"for=6.6.6.6;proto=https;host=evil.example"),
+        (b"CF-Connecting-IP", b"6.6.6.6"),
+        (b"Fastly-Client-IP", b"6.6.6.6"),
+        (b"X-Original-Forwarded-For", b"6.6.6.6"),
+        (b"X-Scheme", b"https"),
+        (b"X-Url-Scheme", b"https"),
+        (b"Front-End-Https", b"on"),
     ]
     seen = cgi_headers(get_raw(front.port, ERA5, [(b"Authorization", keys.reader), *spoofed]))
     assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
     assert seen["HTTP_X_FORWARDED_PROTO"] == "http"
     assert seen["HTTP_X_FORWARDED_HOST"] == "fluxauth.test"
-    for name in ("FORWARDED", "X_REAL_IP", "TRUE_CLIENT_IP", "X_CLIENT_IP", "X_CLUSTER_CLIENT_IP"):
+    for name in ("FORWARDED", "X_REAL_IP", "TRUE_CLIENT_IP", "X_CLIENT_IP", "X_CLUSTER_CLIENT_IP", "X_FORWARDED"):
         assert f"HTTP_{name}" not in seen, name
+    for name in ("CF_CONNECTING_IP", "FASTLY_CLIENT_IP", "X_ORIGINAL_FORWARDED_FOR", "X_SCHEME", "X_URL_SCHEME"):
+        assert f"HTTP_{name}" not in seen, name
+    assert "HTTP_FRONT_END_HTTPS" not in seen
     for name in ("X_FORWARDED_PORT", "X_FORWARDED_PREFIX", "X_FORWARDED_SERVER"):
         assert f"HTTP_{name}" not in seen, name
 
@@ -225,26 +237,40 @@ OVERRIDES = [
     (b"X-Original-URL", SECRET),
     (b"X-Rewrite-URL", SECRET),
     (b"X-Original-URI", SECRET),
+    (b"X-Original-Path", SECRET),
     (b"X-Envoy-Original-Path", SECRET),
+    (b"X-Envoy-Original-Url", b"http://fluxauth.test" + SECRET),
+    (b"X-Script-Name", b"/v1/services/tiles/acme/secret/main"),
     (b"X-Forwarded-Uri", SECRET),
+    (b"Destination", b"http://fluxauth.test" + SECRET),
     (b"X-HTTP-Method-Override", b"DELETE"),
     (b"X-HTTP-Method", b"DELETE"),
     (b"X-Method-Override", b"DELETE"),
+    (b"X-Original-Method", b"DELETE"),
     (b"X_HTTP_Method_Override", b"DELETE"),
+    (b"X-Original-Host", b"evil.example"),
+    (b"X-Host", b"evil.example"),
+    (b"X_Original_Host", b"evil.example"),
 ]
 
 
-def test_headers_path_and_method_overrides_are_dropped(start: Start, starlette: StarletteReader, keys: Keys) -> None:
-    """Headers that make frameworks serve another path (Symfony CVE-2018-14773) or method never reach the upstream.
+def test_headers_path_method_and_host_overrides_are_dropped(
+    start: Start, starlette: StarletteReader, keys: Keys
+) -> None:
+    """Headers that make frameworks serve another path (Symfony CVE-2018-14773), method or host are never forwarded.
 
-    Defence: ``forward._DROPPED_REQUEST``: a GET decided as a read of acme/era5
-    must not become a read of acme/secret or a DELETE upstream.
+    Defence: ``headers.TARGETS``: a GET decided as a read of acme/era5 must not
+    become a read of acme/secret or a DELETE upstream, a MOVE must not write to
+    a second target (Destination), nor may the upstream write URLs naming a
+    host fluxauth did not check. ``Via`` is kept (it names proxies, not targets).
     """
     front = start(starlette.url)
     for header in OVERRIDES:
         headers = seen_headers(get_raw(front.port, ERA5, [(b"Authorization", keys.reader), header]))
         assert header[0].decode().lower().replace("_", "-") not in headers, header
         assert header[0].decode().lower() not in headers, header
+    via = seen_headers(get_raw(front.port, ERA5, [(b"Authorization", keys.reader), (b"Via", b"1.1 cdn")]))
+    assert via["via"] == ["1.1 cdn"]
 
 
 def test_headers_h2c_upgrade_is_not_forwarded(start: Start, starlette: StarletteReader, keys: Keys) -> None:
@@ -448,19 +474,42 @@ def test_check_framing_table(headers: list[tuple[bytes, bytes]], status: int | N
     """``check_framing`` on the headers an ASGI server hands over, whichever server it is."""
     head = RequestHead("POST", b"/v1/services/tiles/acme/era5/main/x")
     head.add_headers(headers)
+    assert framing_refusal(head) == status
+
+
+def framing_refusal(head: RequestHead) -> int | None:
+    """The status ``check_framing`` refuses ``head`` with, or None."""
     try:
         check_framing(head, max_url_length=8192)
     except BadRequest as exc:
-        refused: int | None = exc.status
-    else:
-        refused = None
-    assert refused == status
+        return exc.status
+    return None
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [
+        ("GET", None),
+        ("HEAD", None),
+        ("PROPFIND", None),
+        ("TRACE", 501),
+        ("CONNECT", 501),
+        ("trace", 501),
+        ("Connect", 501),
+    ],
+)
+def test_check_framing_refuses_trace_and_connect(method: str, status: int | None) -> None:
+    """TRACE and CONNECT in any case are 501 (h11 lets ``trace`` through; llhttp refuses it itself)."""
+    assert framing_refusal(RequestHead(method, b"/v1/services/tiles/acme/era5/main/x")) == status
 
 
 def test_headers_middleware_hides_forged_identity_and_overrides(store_path: str, clock: FakeClock, keys: Keys) -> None:
     """In front of an in-process app, FluxAuthMiddleware hides forged identity and override headers, any spelling.
 
-    Defence: ``middleware._hidden_from_app`` (``_`` read as ``-``).
+    Defence: ``headers.hidden_from_app`` (``_`` read as ``-``): the same
+    ``TARGETS`` as the forwarder drops, ``X-Envoy-Original-Path`` among them.
+    The client's X-Forwarded-* reach the app as the server passed them
+    (``decision/headers.py`` says why).
     """
     settings = Settings(store=store_path, argon2_profile="cheapest")
     app = FluxAuthMiddleware(starlette_reader(), settings=settings, store=SQLiteStore(store_path), clock=clock)
@@ -468,12 +517,226 @@ def test_headers_middleware_hides_forged_identity_and_overrides(store_path: str,
         (b"Authorization", keys.reader),
         (b"X_Fluxauth_Org", b"evil"),
         (b"X-Fluxauth-Principal", b"admin@evil"),
-        (b"X-Original-URL", SECRET),
-        (b"X_HTTP_Method_Override", b"DELETE"),
+        *OVERRIDES,
+        (b"X-Forwarded-Proto", b"https"),
     ]
     with ServerThread(app) as server:
         headers = seen_headers(get_raw(server.port, ERA5, sent))
     assert headers["x-fluxauth-org"] == ["acme"]
     assert headers["x-fluxauth-principal"] == ["reader@acme"]
-    for name in ("authorization", "x_fluxauth_org", "x-original-url", "x_http_method_override"):
+    for name in ("authorization", "x_fluxauth_org", *(name.decode().lower() for name, _ in OVERRIDES)):
         assert name not in headers, name
+    assert headers["x-forwarded-proto"] == ["https"]
+
+
+# -- what a client can read back: TRACE, CONNECT, echoed credentials ---------------------
+
+UPSTREAM_PASSWORD = "s3cret-upstream-password"
+UPSTREAM_BASIC = basic_value("fluxauth", UPSTREAM_PASSWORD)
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoUpstream]:
+    with EchoUpstream() as upstream:
+        yield upstream
+
+
+def with_credentials(url: str) -> str:
+    """``url`` with fluxauth's own credentials to the upstream in its userinfo (``--upstream http://user:pass@...``)."""
+    return url.replace("http://", f"http://fluxauth:{UPSTREAM_PASSWORD}@")
+
+
+def leaks(reply: bytes) -> bool:
+    """Whether ``reply`` holds fluxauth's credentials to the upstream in any form they were sent."""
+    return any(part in reply for part in (UPSTREAM_PASSWORD.encode(), UPSTREAM_BASIC.split(b" ")[1]))
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"CONNECT"])
+def test_headers_trace_and_connect_are_refused_never_forwarded(
+    start: Start, echo: EchoUpstream, keys: Keys, method: bytes
+) -> None:
+    """TRACE and CONNECT get 501 and are never forwarded: an echoing upstream cannot hand back fluxauth's credentials.
+
+    The attack: a key that may write sends ``TRACE``; fluxauth forwarded it,
+    and the upstream echoed the request it got, ``authorization: Basic ...``
+    (fluxauth's own, from ``--upstream http://user:pass@...``) included.
+    Defence: ``request.REFUSED_METHODS`` in ``check_framing`` (folded to upper
+    case: some servers fold methods; llhttp itself refuses ``trace``, see
+    ``test_check_framing_table``), before any credential is looked at.
+    """
+    front = start(with_credentials(echo.url))
+    target = SECRET if method == b"CONNECT" else ERA5
+    data = request_bytes(target, [(b"Authorization", keys.writer)], method=method)
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(data)
+        reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 501 "), reply[:200]
+    assert b'"error":"not_implemented"' in reply
+    assert not leaks(reply)
+    assert echo.received == []
+
+
+def test_headers_forward_auth_refuses_trace(start: Start, starlette: StarletteReader, keys: Keys) -> None:
+    """A proxy asking forward-auth about a TRACE is told 501 (nginx: 403 with X-Fluxauth-Status 501): never allowed."""
+    front = start(starlette.url, trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
+    for family, status in (
+        ((b"X-Forwarded-Uri", b"X-Forwarded-Method"), 501),
+        ((b"X-Original-URI", b"X-Original-Method"), 403),
+    ):
+        uri, method = family
+        response = get_raw(
+            front.port, b"/_fluxauth/auth", [(uri, ERA5), (method, b"TRACE"), (b"Authorization", keys.writer)]
+        )
+        assert response.status == status
+        assert response.header("x-fluxauth-status") == "501"
+        assert response.header("x-fluxauth-principal") is None
+
+
+def test_headers_upstream_credentials_reflected_in_headers_never_reach_the_client(
+    start: Start, echo: EchoUpstream, keys: Keys
+) -> None:
+    """An upstream that reflects fluxauth's Authorization into a response header: the header is dropped, both paths.
+
+    Defence: ``Forwarder.response_headers`` drops any response header that
+    holds the Basic value, ``user:password`` or the password of fluxauth's
+    own upstream credentials. (A body that echoes them cannot be filtered:
+    SECURITY.md.)
+    """
+    front = start(with_credentials(echo.url))
+    for _ in range(2):  # the ASGI path (the credential is verified), then the hot path
+        data = request_bytes(ERA5, [(b"Authorization", keys.reader)]).replace(b"Connection: close\r\n", b"")
+        response = send_raw(front.port, data)
+        assert response.status == 200
+        assert response.header("x-seen-authorization") is None
+        assert not any(leaks(value.encode("latin-1")) for _, value in response.headers)
+    assert front.app.hot_path["forward"] == 1
+    assert all(b"authorization: " + UPSTREAM_BASIC in request for request in echo.received)  # it was sent
+
+
+# -- shared caches in front: CDN cache rules ---------------------------------------------------
+
+CDN_RULES = [
+    (b"Surrogate-Control", b"max-age=86400"),
+    (b"CDN-Cache-Control", b"max-age=86400"),
+    (b"Cloudflare-CDN-Cache-Control", b"max-age=86400"),
+    (b"Akamai-CDN-Cache-Control", b"max-age=86400"),
+    (b"Edge-Control", b"cache-maxage=1d"),
+    (b"X-Accel-Expires", b"86400"),
+    (b"Cache-Control", b"public, s-maxage=86400, max-age=60"),
+]
+
+
+def test_headers_cdn_cache_rules_are_dropped_from_authenticated_answers(start: Start, keys: Keys) -> None:
+    """Surrogate-Control, CDN-Cache-Control and kin are dropped from an answer for one key; public answers keep them.
+
+    CDNs obey these before Cache-Control (RFC 9213), so a CDN in front would
+    serve one key's tile to anyone despite ``private``. Defence:
+    ``headers.upstream_response_headers`` drops them on authenticated answers
+    (the ASGI path and the hot path), as it replaces ``public``/``s-maxage``.
+    """
+    with EchoUpstream(CDN_RULES) as upstream:
+        front = start(upstream.url)
+        for _ in range(2):  # the ASGI path, then the hot path
+            data = request_bytes(ERA5, [(b"Authorization", keys.reader)]).replace(b"Connection: close\r\n", b"")
+            private = send_raw(front.port, data)
+            names = {name.lower() for name, _ in private.headers}
+            assert not names & {name.decode().lower() for name, _ in CDN_RULES if name != b"Cache-Control"}, names
+            assert private.header("cache-control") == "private, max-age=60"
+        assert front.app.hot_path["forward"] == 1
+        public = get_raw(front.port, PUB)
+        assert {(name.lower(), value) for name, value in public.headers} >= {
+            (name.decode().lower(), value.decode()) for name, value in CDN_RULES
+        }
+
+
+# -- the Host -----------------------------------------------------------------------------
+
+BAD_HOSTS = [
+    b"fa evil.example",
+    b"user:pass@fa",
+    b"fa@evil.example",
+    b"fa\xe9",
+    b"",
+    b"fa:99999",
+    b"fa:0",
+    b"fa:",
+    b"fa,evil.example",
+    b"fa/..",
+    b'fa"><script>',
+    b"[::g]",
+    b".fa",
+    b"fa..example",
+]
+
+
+def host_request(host: bytes | None, *headers: tuple[bytes, bytes], version: bytes = b"HTTP/1.1") -> bytes:
+    lines = [b"GET " + ERA5 + b" " + version]
+    if host is not None:
+        lines.append(b"Host: " + host)
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_headers_host_must_be_one_host_and_port(
+    start: Start, starlette: StarletteReader, keys: Keys, host: bytes
+) -> None:
+    """A Host that is not one ``host[:port]`` is 400 (``bad_host``) and nothing is forwarded.
+
+    The attack: fluxauth passed the Host on as X-Forwarded-Host, from which
+    upstreams write the URLs in TileJSON and capabilities; ``fa evil.example``
+    or ``user:pass@fa`` made a document that a shared cache kept for everyone.
+    Defence: ``hosts.HostRules`` in the gate (RFC 9112 §3.2).
+    """
+    front = start(starlette.url)
+    before = starlette.requests
+    response = send_raw(front.port, host_request(host, (b"Authorization", keys.reader)))
+    assert response.status == 400, host
+    assert response.json()["error"] == "bad_host"
+    assert host.decode("latin-1") not in response.body.decode("latin-1") or not host
+    assert starlette.requests == before
+
+
+def test_headers_host_is_required_on_http_11_only(start: Start, starlette: StarletteReader, keys: Keys) -> None:
+    """No Host on HTTP/1.1 is 400; HTTP/1.0 may leave it out (and the upstream is then told no host)."""
+    front = start(starlette.url)
+    assert send_raw(front.port, host_request(None, (b"Authorization", keys.reader))).status == 400
+    old = send_raw(front.port, host_request(None, (b"Authorization", keys.reader), version=b"HTTP/1.0"))
+    assert "x-forwarded-host" not in seen_headers(old)
+
+
+def test_headers_public_hosts_allow_only_the_names_listed(start: Start, starlette: StarletteReader, keys: Keys) -> None:
+    """With ``public_hosts``, only those names (any port, any case, a trailing dot) and ``*.`` subdomains pass."""
+    front = start(starlette.url, public_hosts=("maps.example.org", "*.tiles.example.org"))
+    reader = (b"Authorization", keys.reader)
+    for host in (b"maps.example.org", b"MAPS.example.org.:8443", b"a.tiles.example.org", b"b.a.tiles.example.org"):
+        response = send_raw(front.port, host_request(host, reader))
+        assert seen_headers(response)["x-forwarded-host"] == [host.decode()], host
+    for host in (b"evil.example", b"tiles.example.org", b"maps.example.org.evil", b"127.0.0.1"):
+        response = send_raw(front.port, host_request(host, reader))
+        assert (response.status, response.json()["error"]) == (400, "bad_host"), host
+    assert send_raw(front.port, host_request(None, reader, version=b"HTTP/1.0")).status == 400
+
+
+def test_headers_trusted_x_forwarded_host_gets_the_same_check(
+    start: Start, starlette: StarletteReader, keys: Keys
+) -> None:
+    """A trusted proxy's X-Forwarded-Host must be one valid host in ``public_hosts``; a client's own is replaced."""
+    reader = (b"Authorization", keys.reader)
+    behind = start(
+        starlette.url, public_hosts=("maps.example.org",), trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),)
+    )
+    response = send_raw(
+        behind.port, host_request(b"127.0.0.1:8000", reader, (b"X-Forwarded-Host", b"maps.example.org"))
+    )
+    assert seen_headers(response)["x-forwarded-host"] == ["maps.example.org"]
+    for forwarded in (b"evil.example", b"maps.example.org, evil.example", b"user:pass@maps.example.org", b""):
+        response = send_raw(behind.port, host_request(b"127.0.0.1:8000", reader, (b"X-Forwarded-Host", forwarded)))
+        assert (response.status, response.json()["error"]) == (400, "bad_host"), forwarded
+    twice = host_request(
+        b"maps.example.org", reader, (b"X-Forwarded-Host", b"maps.example.org"), (b"X-Forwarded-Host", b"evil.example")
+    )
+    assert send_raw(behind.port, twice).status == 400
+    direct = start(starlette.url, public_hosts=("maps.example.org",))
+    response = send_raw(direct.port, host_request(b"maps.example.org", reader, (b"X-Forwarded-Host", b"evil.example")))
+    assert seen_headers(response)["x-forwarded-host"] == ["maps.example.org"]

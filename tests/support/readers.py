@@ -324,3 +324,66 @@ class NginxReader(Reader):
         lines = response.body.decode("latin-1").split("\n")
         route = tuple(lines[:4]) if all(lines[:4]) else None
         return Reading(self.name, [route], lines[4], {})  # type: ignore[list-item]
+
+
+# -- a misbehaving upstream ---------------------------------------------------------
+
+
+class EchoUpstream:
+    """An upstream of the tests' own that answers every request with the request itself, as TRACE does.
+
+    Each answer is ``200`` with the request head (and body) it received as a
+    ``message/http`` body; it reflects the ``Authorization`` it was sent into
+    an ``X-Seen-Authorization`` response header (some debugging servers
+    reflect headers so), and adds ``headers`` of the test's choosing.
+    Connections are kept alive, so fluxauth's hot path can reuse them.
+    """
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.headers = list(headers)
+        self.received: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> EchoUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        buffered = b""
+        with sock:
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    try:
+                        chunk = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not chunk:
+                        return
+                    buffered += chunk
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                fields = [line.partition(b":") for line in lines[1:]]
+                length = next((int(v) for n, _, v in fields if n.strip().lower() == b"content-length"), 0)
+                while len(buffered) < length:
+                    buffered += sock.recv(65536)
+                body, buffered = buffered[:length], buffered[length:]
+                request = head + b"\r\n\r\n" + body
+                self.received.append(request)
+                answer = [b"HTTP/1.1 200 OK", b"Content-Type: message/http", b"Content-Length: %d" % len(request)]
+                answer += [b"X-Seen-Authorization:" + v for n, _, v in fields if n.strip().lower() == b"authorization"]
+                answer += [name + b": " + value for name, value in self.headers]
+                sock.sendall(b"\r\n".join(answer) + b"\r\n\r\n" + request)
