@@ -16,18 +16,16 @@ import dataclasses
 import hmac
 import logging
 import math
-import os
-import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from cachetools import TTLCache
 
 from fluxauth.auth.cache import CacheKeys, CredentialCache
-from fluxauth.auth.hashing import TokenHasher, lanes
+from fluxauth.auth.hashing import TokenHasher
 from fluxauth.auth.ratelimit import FailureLimiter, client_subject
 from fluxauth.auth.shared import SharedCache
+from fluxauth.auth.verifier import Verifier, verify_threads
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings
 from fluxauth.decision.cors import Cors
@@ -57,26 +55,14 @@ LAST_USED_FLUSH_SECONDS = 60.0
 # each such verification is cached, so the exemption costs at most one
 # verification per credential and cache_ttl.
 KNOWN_GOOD_SECONDS = 86400.0
-
-
-# argon2 is slow on purpose and runs on every core it is given (the default
-# profile has 4 lanes, each a thread of the verifying one): at the same
-# priority as the event loop, a burst of wrong secrets takes the cores from
-# the cached traffic. Verification threads (and the lane threads they start,
-# which inherit it) run at this nice value instead: they get what the event
-# loop leaves, which is most of the machine except under full load.
-VERIFY_NICE = 10
-
-
-def verify_threads(settings: Settings) -> int:
-    """How many verifications run at once: the setting, or the cores divided by the profile's lanes."""
-    return settings.verify_threads or max(1, (os.cpu_count() or 1) // lanes(settings.argon2_profile))
-
-
-def _yield_to_the_event_loop() -> None:
-    """Lower the calling verification thread's scheduling priority (per thread on Linux)."""
-    with contextlib.suppress(OSError, AttributeError):  # no setpriority, or not allowed: run as is
-        os.setpriority(os.PRIO_PROCESS, 0, VERIFY_NICE)
+# Failures that are remembered (``Gate._failed``): what the credential's own
+# bytes decide, and which no later moment can undo but a change to the store.
+# A store that cannot be reached, a rate limit or a full queue are no verdict
+# on the credential, and are never remembered.
+REMEMBERED_FAILURES = frozenset(
+    {Failure.UNKNOWN_TOKEN, Failure.BAD_SECRET, Failure.WRONG_ORG, Failure.EXPIRED, Failure.REVOKED}
+)
+FAILED_MAXSIZE = 10_000
 
 
 def _single_flight(table: dict[K, asyncio.Future[V]], key: K, make: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
@@ -107,6 +93,7 @@ class GateStats:
     changes_applied: int = 0
     rate_limited: int = 0
     overloaded: int = 0  # refused: max_pending_verifications were already waiting
+    failed_hits: int = 0  # failures answered from memory instead of argon2 (Gate._failed)
     pending_peak: int = 0  # the most verifications ever in flight at once
     verify_seconds: Histogram = dataclasses.field(default_factory=Histogram)
 
@@ -137,11 +124,15 @@ class Gate:
         self._verifications: dict[bytes, asyncio.Future[tuple[Auth, int | None]]] = {}
         # Credential HMACs that verified within KNOWN_GOOD_SECONDS (no principal, no secret).
         self._known_good: TTLCache[bytes, bool] = TTLCache(settings.cache_maxsize, KNOWN_GOOD_SECONDS, timer=clock)
+        # Credential HMACs whose verification failed, and how (no principal, no secret): a
+        # revoked token that a dashboard nobody updated sends again and again costs a lookup,
+        # not argon2 (0.4-0.8 s here) each time. Emptied by every change (``apply``).
+        self._failed: TTLCache[bytes, Failure] = TTLCache(FAILED_MAXSIZE, settings.cache_ttl, timer=clock)
         self._last_used: dict[tuple[str, str], float] = {}
         self._secret = b""
         self._cache_key = CacheKeys(b"")  # keyed with the cache secret at start
         self._hasher: TokenHasher | None = None
-        self._verify_pool: ThreadPoolExecutor | None = None
+        self.verifier: Verifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.change_seq = 0
         self.start_seq = 0
@@ -164,11 +155,8 @@ class Gate:
         if self.started:
             return
         self.started = True
-        self._verify_pool = ThreadPoolExecutor(
-            verify_threads(self.settings), thread_name_prefix="fluxauth-verify", initializer=_yield_to_the_event_loop
-        )
-        loop = asyncio.get_running_loop()
-        self._hasher = await loop.run_in_executor(self._verify_pool, TokenHasher, self.settings.argon2_profile)
+        self.verifier = Verifier(verify_threads(self.settings))
+        self._hasher = await self.verifier.call(TokenHasher, self.settings.argon2_profile)
         try:
             await self._connect()
         except StoreUnavailable as exc:
@@ -235,8 +223,8 @@ class Gate:
                 await task
         with contextlib.suppress(StoreUnavailable):
             await self.flush_last_used()
-        assert self._verify_pool is not None
-        self._verify_pool.shutdown(wait=True)
+        assert self.verifier is not None
+        self.verifier.shutdown()
         if self.store is not None:
             self.store.close()
         if self.shared is not None:
@@ -428,7 +416,7 @@ class Gate:
                 if wait:
                     self.stats.rate_limited += 1
                     return Failure.RATE_LIMITED, math.ceil(wait)
-            auth = await self._verify(credentials, key, generation)
+            auth = await self._verify(credentials, key, generation, subjects[0], returning=exempt)
         finally:
             self.limiter.release(subjects)
         if isinstance(auth, Principal):
@@ -456,10 +444,37 @@ class Gate:
             if self.shared is not None:
                 await self.shared.record_failure(subject, self.settings.rate_limit_window)
 
-    async def _verify(self, credentials: BasicCredentials, key: bytes, generation: int) -> Auth:
-        """One argon2 verification against the store, off the event loop; caches a success."""
+    async def _verify(
+        self, credentials: BasicCredentials, key: bytes, generation: int, client: str, *, returning: bool
+    ) -> Auth:
+        """The credential's verdict: a failure remembered, or one verification (a failure then remembered).
+
+        An unknown token and a wrong secret are remembered alike and answered
+        alike from memory (the same refusal, no store read, no argon2, no
+        verification counted): neither the time, the answer nor the metrics
+        tell them apart on a repeat any more than on a first try. The failure
+        limits count a remembered failure like any other (``_attempt``).
+
+        Nothing is remembered that a change could make wrong: every change
+        the feed brings empties the memory (a new key, a rotation, a grace
+        moved, an expiry extended), and a verification that a change overtook
+        (``generation``) leaves nothing behind, as for successes.
+        """
+        remembered = self._failed.get(key)
+        if remembered is not None:
+            self.stats.failed_hits += 1
+            return remembered
+        auth = await self._verify_once(credentials, key, generation, client, returning=returning)
+        if isinstance(auth, Failure) and auth in REMEMBERED_FAILURES and generation == self.cache.generation:
+            self._failed[key] = auth
+        return auth
+
+    async def _verify_once(
+        self, credentials: BasicCredentials, key: bytes, generation: int, client: str, *, returning: bool
+    ) -> Auth:
+        """One argon2 verification against the store, off the event loop, in ``client``'s turn; caches a success."""
         assert self._hasher is not None
-        loop = asyncio.get_running_loop()
+        assert self.verifier is not None
         # Noted before the store is read: a change that lands in between has a
         # higher number, and servers that know of it refuse the shared entry.
         seq = self.change_seq
@@ -470,15 +485,16 @@ class Gate:
             return Failure.STORE_UNAVAILABLE
         self.stats.verifications += 1
         secret = credentials.token.secret
-        started = time.perf_counter()
         if found is None:
             # The same work, and the same trace in the metrics, as a wrong
             # secret: neither the time nor /_fluxauth/metrics tells ids apart.
-            await loop.run_in_executor(self._verify_pool, self._hasher.verify_decoy, secret)
-            self.stats.verify_seconds.observe(time.perf_counter() - started)
+            _, seconds = await self.verifier.run(client, self._hasher.verify_decoy, secret, returning=returning)
+            self.stats.verify_seconds.observe(seconds)
             return Failure.UNKNOWN_TOKEN
-        matched = await loop.run_in_executor(self._verify_pool, self._hasher.verify, found.token.hash, secret)
-        self.stats.verify_seconds.observe(time.perf_counter() - started)
+        matched, seconds = await self.verifier.run(
+            client, self._hasher.verify, found.token.hash, secret, returning=returning
+        )
+        self.stats.verify_seconds.observe(seconds)
         if not matched:
             return Failure.BAD_SECRET
         if credentials.username != found.key.org:
@@ -509,6 +525,7 @@ class Gate:
         else:
             self._policies.pop(change.org, None)
             self.cache.bump()
+        self._failed.clear()  # any change may have made a failure wrong (Gate._verify)
         self.change_seq = max(self.change_seq, change.seq)
         self.stats.changes_applied += 1
 

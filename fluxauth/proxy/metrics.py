@@ -47,6 +47,11 @@ class _AppCollector(Collector):
             decisions.add_metric([str(status)], count)
         yield decisions
         yield CounterMetricFamily("fluxauth_verifications", "argon2 verifications run", value=stats.verifications)
+        yield CounterMetricFamily(
+            "fluxauth_failed_credential_hits",
+            "Failed credentials answered from memory instead of argon2 (unknown and wrong alike)",
+            value=stats.failed_hits,
+        )
         shared = self.app.gate.shared
         hits = CounterMetricFamily("fluxauth_cache_hits", "Credential cache hits by level", labels=["level"])
         hits.add_metric(["l1"], stats.l1_hits)
