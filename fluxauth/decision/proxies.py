@@ -8,10 +8,10 @@ with no trusted proxies it is simply the peer. Nothing is trusted by default.
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 
 from fluxauth.config.settings import Network
+from fluxauth.names import host_name
 
 
 class ProxyTrust:
@@ -75,12 +75,6 @@ def forwarded_headers(
     return headers
 
 
-# A host as it may appear in a URL that fluxauth writes into a response: a
-# name or IPv4 address, or an IPv6 literal, and a port. Anything else (quotes,
-# markup, spaces, userinfo) from a client's Host header is refused, not written.
-_PLAIN_HOST = re.compile(rb"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
-
-
 def public_origin(
     trust: ProxyTrust, peer: str | None, scheme: str, host: bytes | None, received: dict[bytes, bytes]
 ) -> bytes | None:
@@ -98,6 +92,9 @@ def public_origin(
     if proto not in (b"http", b"https") or not fhost:
         return None
     fhost = fhost.split(b",", 1)[0].strip()
-    if not _PLAIN_HOST.fullmatch(fhost):
+    # A host as it may appear in a URL that fluxauth writes into a response
+    # (the one rule of fluxauth.names, which the gate checked the Host by):
+    # quotes, markup, spaces or userinfo are refused, never written.
+    if host_name(fhost) is None:
         return None
     return proto + b"://" + fhost
