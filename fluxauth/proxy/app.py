@@ -15,7 +15,7 @@ from fluxauth.auth.gate import Gate
 from fluxauth.clock import Clock, system_clock
 from fluxauth.config.settings import Settings, load_settings, redact_url
 from fluxauth.decision.policy import Outcome, refuse_error
-from fluxauth.decision.request import RequestHead, check_body_size
+from fluxauth.decision.request import REFUSED_METHODS, RequestHead, check_body_size
 from fluxauth.errors import BodyTooLarge
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.forward import Forwarder
@@ -120,8 +120,14 @@ class FluxAuthApp:
             )
         else:
             # A body that may still be on its way (any but a plain Content-Length: 0)
-            # is not read: the connection closes after the refusal.
-            unread = bool(head.transfer_encoding) or head.content_length not in ([], [b"0"])
+            # is not read: the connection closes after the refusal. So does a
+            # refused CONNECT, whose tunnel bytes would follow (uvicorn reads
+            # them as an upgrade it ignores, holding the connection meanwhile).
+            unread = (
+                bool(head.transfer_encoding)
+                or head.content_length not in ([], [b"0"])
+                or head.method.upper() in REFUSED_METHODS
+            )
             await send_refusal(send, decision, cors.response_headers(head.origin) + ([CLOSE] if unread else []))
 
     async def internal(self, name: bytes, scope: Scope, send: Send) -> None:
