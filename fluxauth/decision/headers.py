@@ -25,7 +25,8 @@ The families, and who drops them:
   ``decision/proxies.py``). The middleware keeps them: in process, fluxauth
   is not a proxy; they are what the server received, and the server's own
   trust settings (uvicorn's ``forwarded_allow_ips``) say what they are worth.
-  They do not change what was decided.
+  They do not change what was decided. (``X-Forwarded-Uri`` and
+  ``X-Forwarded-Method`` name the target, forward-auth's way: ``TARGETS``.)
 - ``FRAMING``: ``Host``, ``Content-Length``, ``Expect``, and hop-by-hop
   headers (RFC 9110 §7.6.1): the forwarder frames the upstream request
   itself. The middleware's app runs in the same server and gets them as sent.
