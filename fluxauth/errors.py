@@ -16,6 +16,7 @@ The hierarchy::
     │   ├── BadRequest            the request cannot be handled as sent (400)
     │   │   ├── UnclearForwardAuth      forward-auth was not told which request it decides (400)
     │   │   ├── BadHost                the Host (or a trusted X-Forwarded-Host) is invalid or not served (400)
+    │   │   ├── UnwritableHost         a routed answer's URLs would name a Host that is no plain host (400)
     │   │   ├── UriTooLong             path and query over max_url_length (414)
     │   │   ├── BodyTooLarge           a body over max_request_body, declared or streamed (413)
     │   │   ├── HeadTooLarge           request line and headers over max_header_bytes (431)
@@ -112,6 +113,13 @@ class BadHost(BadRequest):
     """The Host header, or a trusted proxy's X-Forwarded-Host, is not one valid host[:port], or not in public_hosts."""
 
     error = "bad_host"
+
+
+class UnwritableHost(BadRequest):
+    """A routed response's self-URLs would name the client's Host, which is not a plain host and port.
+
+    Refused rather than written into a document (quotes or markup in a Host header).
+    """
 
 
 class UriTooLong(BadRequest):

@@ -9,6 +9,8 @@ On loopback, with the same wrk load (``--connections``, ``--duration``) and a
 - nginx ``auth_basic`` (bcrypt through crypt(3), hashing on every request) + ``proxy_pass``;
 - ``fluxauth serve`` with 1 worker and with N workers (real SQLite store made
   through the CLI, default argon2 profile: the cached path is what is measured);
+- ``fluxauth serve`` with a route (``[[routes]]``, TiTiler's shape: a template
+  and a pinned ``url``) instead of ``[upstreams]``, 1 worker: what routing costs;
 - nginx in front with fluxauth as forward-auth (``config/nginx-forward-auth.conf``).
 
 Then the cold path (200 concurrent requests with a never-seen token: exactly one
@@ -68,6 +70,14 @@ from harness import (
 )
 
 TILE_PATH = "/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/1/0/0.png"
+# The route of the "with a route" row: the template puts the service path back
+# under the same prefix, so nginx serves the same file; the pinned url is TiTiler's shape.
+ROUTE = {
+    "protocol": "tiles",
+    "org": "acme",
+    "upstream": "http://127.0.0.1:{port}/v1/services/tiles/{{org}}/{{repo}}/{{ref}}/tiles/{{path}}",
+    "query": {"url": "/data/{org}/{repo}/{ref}.tif"},
+}
 TILE_BYTES = 12 * 1024
 BCRYPT_COST = 10  # bcrypt's usual default; ~0.09 s a hash here
 FORWARD_AUTH_CONF = ROOT / "config" / "nginx-forward-auth.conf"
@@ -327,6 +337,11 @@ class Bench:
             workers=workers,
             **{**settings, **env},
         )
+
+    def start_fluxauth_routed(self, name: str, workers: int) -> Server:
+        """``fluxauth serve`` with the tile behind a route rather than the plain upstream."""
+        route = {**ROUTE, "upstream": str(ROUTE["upstream"]).format(port=self.upstream_port)}
+        return self.start_fluxauth(name, workers, FLUXAUTH_ROUTES=json.dumps([route]))
 
     def start_minimal(self, kind: str) -> Server:
         """One of ``loadtests/minimal_proxies.py``'s servers (``--with-minimal``)."""
@@ -679,6 +694,11 @@ def run(args: argparse.Namespace, tmp: Path, servers: Servers, started: datetime
         ("caddy", "Caddy basicauth + reverse_proxy", bench.start_caddy),
         ("nginx_auth_basic", "nginx auth_basic (bcrypt) + proxy_pass", bench.start_auth_basic),
         ("fluxauth_1", "fluxauth serve, 1 worker", lambda: bench.start_fluxauth("fluxauth-1", 1)),
+        (
+            "fluxauth_route_1",
+            "fluxauth serve with a route, 1 worker",
+            lambda: bench.start_fluxauth_routed("fluxauth-route-1", 1),
+        ),
         (f"fluxauth_{n}", f"fluxauth serve, {n} workers", lambda: bench.start_fluxauth(f"fluxauth-{n}", n)),
         ("forward_auth_1", "nginx + fluxauth forward-auth (1 worker)", lambda: bench.start_forward_auth(1)),
         (f"forward_auth_{n}", f"nginx + fluxauth forward-auth ({n} workers)", lambda: bench.start_forward_auth(n)),

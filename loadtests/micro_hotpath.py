@@ -8,10 +8,11 @@ is what an optimization of the hot path changes. Loopback benchmarks
 (``bench.py``) on a shared 2-core machine move by ±20 % from run to run; this
 moves by a few per cent, so an A/B of a change reads here first.
 
-    .venv/bin/python loadtests/micro_hotpath.py [--requests 4000] [--rounds 7] [--profile]
+    .venv/bin/python loadtests/micro_hotpath.py [--requests 4000] [--rounds 7] [--profile] [--route]
 
 Prints the median µs per request of a cached tile forwarded, and of a cached
-forward-auth answer.
+forward-auth answer; with ``--route``, the tile goes through a ``[[routes]]``
+entry (bench.py's: a template and a pinned ``url``) instead of the plain upstream.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
+import json
 import pstats
 import statistics
 import sys
@@ -42,6 +44,12 @@ from fluxauth.upstream.pool import Connection
 
 TILE_PATH = b"/v1/services/tiles/acme/era5/main/tiles/WebMercatorQuad/1/0/0.png"
 TILE = b"\x89PNG" + b"\0" * (12 * 1024 - 4)
+ROUTE = {
+    "protocol": "tiles",
+    "org": "acme",
+    "upstream": "http://127.0.0.1:8001/v1/services/tiles/{org}/{repo}/{ref}/tiles/{path}",
+    "query": {"url": "/data/{org}/{repo}/{ref}.tif"},
+}
 UPSTREAM_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Dec 2026 08:00:00 GMT\r\nContent-Type: image/png\r\n"
     b"Content-Length: %d\r\nLast-Modified: Tue, 01 Dec 2026 07:00:00 GMT\r\nConnection: keep-alive\r\n"
@@ -91,9 +99,10 @@ def timed(one: Callable[[], None], requests: int, rounds: int) -> list[float]:
 
 
 async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float]]:
-    settings = load_settings(
-        environ={"FLUXAUTH_STORE": str(store), "FLUXAUTH_TRUSTED_PROXIES": "127.0.0.1", "FLUXAUTH_LOG_LEVEL": "warning"}
-    )
+    environ = {"FLUXAUTH_STORE": str(store), "FLUXAUTH_TRUSTED_PROXIES": "127.0.0.1", "FLUXAUTH_LOG_LEVEL": "warning"}
+    if args.route:
+        environ["FLUXAUTH_ROUTES"] = json.dumps([ROUTE])
+    settings = load_settings(environ=environ)
     admin = Admin(SQLiteStore(str(store)), Settings(argon2_profile="cheapest"))
     admin.create_org("acme")
     admin.enable_service("acme", "tiles")
@@ -104,7 +113,11 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float
     try:
         warm = RequestHead("GET", TILE_PATH, b"", peer="127.0.0.1")
         warm.add_headers([(b"host", b"tiles.example.org"), (b"authorization", authorization)])
-        assert (await app.gate.check(warm)).status == 200  # verified once, cached from now on
+        decision = await app.gate.check(warm)
+        assert decision.status == 200  # verified once, cached from now on
+        assert decision.target is not None
+        warm_target = decision.target
+        assert (warm_target.routed is not None) == args.route
         config = Config(app, http=LimitedHttpToolsProtocol, access_log=False, log_level="warning", proxy_headers=False)
         config.load()
         protocol = LimitedHttpToolsProtocol(config, ServerState(), {})
@@ -112,7 +125,7 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float
         protocol.connection_made(client)  # type: ignore[arg-type]
 
         pool = app.forwarder.pool
-        origin = app.forwarder.origins["tiles"]
+        origin = app.forwarder.origin_for(warm_target) if args.route else app.forwarder.origins["tiles"]
         upstream = Connection(pool, origin)
         upstream.connection_made(Recording(("127.0.0.1", 8001)))  # type: ignore[arg-type]
         pool._open += 1  # idle in the pool, as after a first request
@@ -134,7 +147,8 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float
             protocol.data_received(auth_request)
 
         results = {}
-        for name, one in (("tile forwarded", tile), ("forward-auth 200", auth)):
+        cases = [("tile forwarded", tile)] + ([] if args.tile_only else [("forward-auth 200", auth)])
+        for name, one in cases:
             if args.profile:
                 profile = cProfile.Profile()
                 profile.enable()
@@ -144,7 +158,7 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, list[float
                 pstats.Stats(profile).sort_stats("tottime").print_stats(20)
             results[name] = timed(one, args.requests, args.rounds)
         assert app.hot_path["forward"] > 0
-        assert app.hot_path["auth"] > 0
+        assert app.hot_path["auth"] > 0 or args.tile_only
         assert app.outcomes.keys() == {200}, app.outcomes
         return results
     finally:
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="requests a round (default 4000)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the median is printed (default 7)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one round of each")
+    parser.add_argument("--route", action="store_true", help="the tile through a [[routes]] entry")
+    parser.add_argument("--tile-only", action="store_true", help="only the tile (instruction counts under callgrind)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fluxauth-micro-") as tmp:
         results = uvloop.run(measure(args, Path(tmp) / "store.db"))

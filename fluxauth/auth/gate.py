@@ -107,7 +107,7 @@ class Gate:
         self._store = store
         self.store: AsyncStore | None = None
         self.protocols = frozenset(settings.protocols)
-        self.routes = Routes(settings.routes, settings.upstreams)
+        self.routes = Routes(settings.routes, settings.upstreams) if settings.routes else None
         self.cors = Cors(settings.cors_allow_origins, settings.cors_max_age)
         self.proxies = ProxyTrust(settings.trusted_proxies)
         self.hosts = HostRules(settings.public_hosts)
@@ -300,10 +300,8 @@ class Gate:
             if forwarded_host is not None and (head.peer is None or not self.proxies.is_trusted(head.peer)):
                 forwarded_host = None  # the client's own: dropped, not believed
             self.hosts.check(head.host, forwarded_host, http_11=head.http_version != "1.0")
-            target = parse_target(head.raw_path, self.protocols)
+            target = parse_target(head.raw_path, self.protocols, self.routes, head.query)
             check_query(head.query)
-            if self.routes:
-                target = self.routes.route(target, head.query)
         except Refusal as exc:
             return refuse_error(exc)
         return target

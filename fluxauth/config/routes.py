@@ -181,10 +181,17 @@ def parse_route(index: int, raw: object, protocols: tuple[str, ...], redact: Cal
 
 
 def parse_routes(raw: object, protocols: tuple[str, ...], redact: Callable[[str], str]) -> tuple[Route, ...]:
-    """The ``[[routes]]`` array: each route checked, and no two for the same protocol, org and repo."""
+    """The ``[[routes]]`` array: each route checked, and no two for the same protocol, org and repo.
+
+    Items that are ``Route`` already (settings built in code, a route added to
+    parsed ones) are kept as they are.
+    """
     if not isinstance(raw, list):
         raise ConfigError(f"routes: expected an array of tables ([[routes]]), got {raw!r}")
-    routes = tuple(parse_route(index, item, protocols, redact) for index, item in enumerate(raw, 1))
+    routes = tuple(
+        item if isinstance(item, Route) else parse_route(index, item, protocols, redact)
+        for index, item in enumerate(raw, 1)
+    )
     first: dict[tuple[str, str | None, str | None], Route] = {}
     for route in routes:
         other = first.setdefault(route.specificity, route)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from fluxauth.config.routes import Pieces, Route
-from fluxauth.decision.target import PREFIX, Target
+from fluxauth.decision.target import PREFIX
 from fluxauth.errors import NotComputePath, PathError
 
 _MAX_DECODES = 4
+_FOUND_MAX = 10_000  # (protocol, org, repo) lookups remembered; forgotten all at once beyond
 _QUERY_SEPARATORS = re.compile(rb"[&;]")  # some servers split on ';' too (old Python, Java servlets)
 
 
@@ -38,9 +39,12 @@ class PinnedParameter(PathError):
     error = "pinned_parameter"
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """What a routed request becomes upstream, and what its self-URLs map back to."""
+class Routed(NamedTuple):
+    """What a routed request becomes upstream, and what its self-URLs map back to.
+
+    A named tuple, not a frozen dataclass: built for every routed tile, and a
+    frozen dataclass's ``__init__`` costs four times as much.
+    """
 
     route: Route
     path: bytes  # the upstream request path: the template expanded, then the service path
@@ -67,75 +71,89 @@ class Routes:
         # Protocols that routes serve and no [upstreams] entry does: a request
         # that none of their routes takes is 404 rather than the default upstream's.
         self._only_routed = frozenset(route.protocol for route in routes if route.protocol not in upstreams)
+        # (protocol, org, repo) -> its route: one dict lookup per request instead of up to three.
+        self._found: dict[tuple[str, str, str], Route | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self._routes)
 
     def find(self, protocol: str, org: str, repo: str) -> Route | None:
+        key = (protocol, org, repo)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
         routes = self._routes
-        return (
-            routes.get((protocol, org, repo)) or routes.get((protocol, org, None)) or routes.get((protocol, None, None))
-        )
+        route = routes.get(key) or routes.get((protocol, org, None)) or routes.get((protocol, None, None))
+        if len(self._found) >= _FOUND_MAX:
+            self._found.clear()
+        self._found[key] = route
+        return route
 
-    def route(self, target: Target, query: bytes) -> Target:
-        """``target`` with its upstream request, if a route takes it; raises ``PathError`` (404, 400)."""
-        route = self.find(target.protocol, target.org, target.repo)
+    def routed(self, protocol: str, org: str, repo: str, ref: str, rest: bytes, query: bytes) -> Routed | None:
+        """The upstream request of a checked compute URL, if a route takes it; raises ``PathError`` (404, 400).
+
+        ``rest`` is the raw path after ``ref/``. Called by
+        ``fluxauth.decision.target.parse_target`` once the path passed its checks.
+        """
+        route = self.find(protocol, org, repo)
         if route is None:
-            if target.protocol in self._only_routed:
+            if protocol in self._only_routed:
                 raise NotComputePath("no route serves this repository")
-            return target
-        return route_target(route, target, query)
+            return None
+        return expand(route, protocol, org, repo, ref, rest, query)
 
 
-def route_target(route: Route, target: Target, query: bytes) -> Target:
-    """Expand ``route`` for ``target``: its upstream path and query, and the bases its self-URLs map between."""
-    raw_path = target.raw_path
-    decided = len(PREFIX) + len(target.protocol) + len(target.org) + len(target.repo) + len(target.ref) + 4
-    segments = raw_path[decided:].split(b"/") if len(raw_path) > decided else []
-    marker = route.marker.encode("ascii")
-    try:
-        at = segments.index(marker)
-    except ValueError:
-        raise NotComputePath(f"no service path: the group ends at a segment {route.marker!r}") from None
-    group = b"/".join(segments[:at])
-    tail = b"/".join(segments[at + 1 :])
+def expand(route: Route, protocol: str, org: str, repo: str, ref: str, rest: bytes, query: bytes) -> Routed:
+    """Expand ``route`` for one URL: its upstream path and query, and the bases its self-URLs map between."""
+    split = _split_at_marker(rest, route.marker.encode("ascii"))
+    if split is None:
+        raise NotComputePath(f"no service path: the group ends at a segment {route.marker!r}")
+    group, tail = split
     if query and route.query:
         _refuse_pinned(route, query)
-    base, pinned = _expand(route, target.org, target.repo, target.ref, group)
-    public = raw_path[: decided + len(group) + (1 if group else 0) + len(marker)] + b"/"
+    base, pinned, public = _expand(route, protocol, org, repo, ref, group)
     upstream_query = query + b"&" + pinned if query and pinned else query or pinned
-    return Target(
-        target.protocol,
-        target.org,
-        target.repo,
-        target.ref,
-        raw_path,
-        Routed(route, base + tail, upstream_query, base, public),
-    )
+    return Routed(route, base + tail, upstream_query, base, public)
+
+
+def _split_at_marker(rest: bytes, marker: bytes) -> tuple[bytes, bytes] | None:
+    """``rest`` (after ``ref/``) as the group before the first segment equal to ``marker``, and what follows it."""
+    if rest == marker or rest.startswith(marker + b"/"):
+        return b"", rest[len(marker) + 1 :]
+    inner = b"/" + marker + b"/"
+    at = rest.find(inner)  # the first marker segment inside; one at the very end comes after all of those
+    if at >= 0:
+        return rest[:at], rest[at + len(inner) :]
+    if rest.endswith(inner[:-1]):
+        return rest[: -len(inner) + 1], b""
+    return None
 
 
 def _refuse_pinned(route: Route, query: bytes) -> None:
     pinned = route.pinned
     for parameter in _QUERY_SEPARATORS.split(query):
         name = parameter.split(b"=", 1)[0]
-        if name and parameter_name(name.decode("ascii")) in pinned:  # check_query let only ASCII through
+        # latin-1 never fails; a query that is not ASCII is refused by check_query anyway.
+        if name and parameter_name(name.decode("latin-1")) in pinned:
             raise PinnedParameter(
-                f"the parameter {name.decode('ascii')!r} is set by the server's route, not by clients"
+                f"the parameter {name.decode('latin-1')!r} is set by the server's route, not by clients"
             )
 
 
 # A tile pyramid asks for thousands of tiles of the same few groups: the
 # template is expanded once per (route, org, repo, ref, group), not per tile.
 @functools.lru_cache(maxsize=4096)
-def _expand(route: Route, org: str, repo: str, ref: str, group: bytes) -> tuple[bytes, bytes]:
-    """The upstream path up to the service path, and the pinned parameters as a query string."""
+def _expand(route: Route, protocol: str, org: str, repo: str, ref: str, group: bytes) -> tuple[bytes, bytes, bytes]:
+    """The upstream path up to the service path, the pinned parameters as a query string, the public path."""
     values = {"org": org, "repo": repo, "ref": ref, "group": group.decode("ascii")}
     base = "/".join(_fill(segment, values) for segment in route.segments) + "/"
     pinned = "&".join(
         f"{quote(name, safe='')}={quote('/'.join(_fill(part, values) for part in value), safe='')}"
         for name, value in route.query
     )
-    return base.encode("ascii"), pinned.encode("ascii")
+    public = f"{PREFIX.decode()}{protocol}/{org}/{repo}/{ref}/{values['group'] + '/' if group else ''}{route.marker}/"
+    return base.encode("ascii"), pinned.encode("ascii"), public.encode("ascii")
 
 
 def _fill(pieces: Pieces, values: Mapping[str, str]) -> str:

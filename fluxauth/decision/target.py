@@ -21,7 +21,7 @@ from fluxauth import names
 from fluxauth.errors import AmbiguousPath, NotComputePath
 
 if TYPE_CHECKING:
-    from fluxauth.decision.routing import Routed
+    from fluxauth.decision.routing import Routed, Routes
 
 PREFIX = b"/v1/services/"
 
@@ -123,8 +123,14 @@ def _check_segment(segment: bytes) -> None:
     raise AmbiguousPath("too many layers of percent-encoding")
 
 
-def parse_target(raw_path: bytes, protocols: frozenset[str] | tuple[str, ...]) -> Target:
-    """Parse ``raw_path`` (no query string) into a ``Target`` or raise ``PathError``."""
+def parse_target(
+    raw_path: bytes, protocols: frozenset[str] | tuple[str, ...], routes: Routes | None = None, query: bytes = b""
+) -> Target:
+    """Parse ``raw_path`` (no query string) into a ``Target`` or raise ``PathError``.
+
+    With ``routes``, the ``Target`` carries its route's upstream request (``routed``), built
+    from ``query`` too (pinned parameters), once the path passed every check here.
+    """
     if not raw_path.startswith(PREFIX):
         raise NotComputePath("not a compute URL")
     if _CONTROL.search(raw_path) or not raw_path.isascii():
@@ -148,7 +154,8 @@ def parse_target(raw_path: bytes, protocols: frozenset[str] | tuple[str, ...]) -
     name, org_name, repo_name, ref_name = _decided_segments(protocol, org, repo, ref)
     if name not in protocols:
         raise NotComputePath("unknown protocol")
-    return Target(name, org_name, repo_name, ref_name, raw_path)
+    routed = None if routes is None else routes.routed(name, org_name, repo_name, ref_name, rest, query)
+    return Target(name, org_name, repo_name, ref_name, raw_path, routed)
 
 
 # A tile pyramid asks for thousands of paths under the same few repos: the

@@ -11,10 +11,13 @@ import dataclasses
 import os
 import shlex
 import shutil
+import textwrap
+import tomllib
 
 import uvicorn
 
-from fluxauth.config.settings import Settings
+from fluxauth.config.routes import parse_routes
+from fluxauth.config.settings import Settings, redact_url
 from fluxauth.demo.upstream import create_app
 from fluxauth.manage.admin import Admin
 from fluxauth.proxy.app import FluxAuthApp
@@ -23,6 +26,24 @@ from fluxauth.store import open_store
 
 DEMO_DIR = ".fluxauth-demo"
 TILE_PATH = "/v1/services/tiles/demo/world/main/tiles/WebMercatorQuad/0/0/0.png"
+TILEJSON_PATH = "/v1/services/tiles/demo/routed/main/tiles/tilejson.json"
+# The route form an operator copies for a stock tile server, aimed at the demo's
+# own: its paths under /maps/, a pinned parameter, and a TileJSON whose tile URLs
+# name the tile server until fluxauth maps them back.
+ROUTE = """\
+[[routes]]
+protocol = "tiles"
+org = "demo"
+repo = "routed"
+upstream = "http://127.0.0.1:{port}/maps/{{ref}}/{{path}}"
+query = {{ dataset = "{{org}}/{{repo}}" }}
+"""
+
+
+def demo_route(upstream_port: int) -> dict[str, object]:
+    """``ROUTE`` for the demo's tile server, as the settings read it."""
+    parsed: dict[str, object] = tomllib.loads(ROUTE.format(port=upstream_port))["routes"][0]
+    return parsed
 
 
 def _prepare(settings: Settings, store_path: str) -> tuple[Settings, str]:
@@ -47,7 +68,10 @@ def run_demo(settings: Settings, *, port: int, upstream_port: int, store: str | 
         settings,
         store=store_path,
         upstream=f"http://127.0.0.1:{upstream_port}",
+        # A protocol that has routes falls back to its [upstreams] entry only, not to the default upstream.
+        upstreams={**settings.upstreams, "tiles": f"http://127.0.0.1:{upstream_port}"},
         cors_allow_origins=settings.cors_allow_origins or ("*",),
+        routes=parse_routes([*settings.routes, demo_route(upstream_port)], settings.protocols, redact_url),
     )
     settings, token = _prepare(settings, store_path)
     base = f"http://127.0.0.1:{port}"
@@ -64,6 +88,12 @@ Fetch a tile through fluxauth:
 Without the key it is refused:
 
   curl -i {base}{TILE_PATH}
+
+The same tile server behind a route, as a stock one (TiTiler, xpublish) is put
+behind fluxauth; its TileJSON names fluxauth's tiles, not the server's:
+
+{textwrap.indent(ROUTE.format(port=upstream_port), "  ")}
+  curl -fsS -u demo:{token} {base}{TILEJSON_PATH}
 
 Manage it from another terminal (the running server picks changes up within a second):
 

@@ -3,7 +3,10 @@
 The proxy forwards full paths (``/v1/services/tiles/acme/era5/main/.../3/2/4``), so
 everything except ``/healthz`` goes through one catch-all route that dispatches on
 path segments: ``_echo``, ``_big/{n}`` and ``_slow/{ms}`` anywhere in the path, a
-trailing ``wms`` segment, or trailing ``{z}/{x}/{y}[.png]`` tile coordinates.
+trailing ``wms`` segment, a trailing ``tilejson.json`` (tile URLs built from the
+request's own Host and path, its query kept, as stock tile servers write them:
+the demo's route shows fluxauth mapping them back), or trailing
+``{z}/{x}/{y}[.png]`` tile coordinates.
 """
 
 from __future__ import annotations
@@ -316,6 +319,22 @@ def _segment_int(segments: list[str], name: str) -> int | None:
     return None
 
 
+def _tilejson(request: Request) -> Response:
+    """A TileJSON whose tile URLs are absolute, next to it, with the request's query, as TiTiler writes them."""
+    base = _public_base_url(request).removesuffix("/tilejson.json")
+    query = request.url.query
+    tiles = base + "/{z}/{x}/{y}.png" + (f"?{query}" if query else "")
+    return JSONResponse(
+        {
+            "tilejson": "3.0.0",
+            "tiles": [tiles],
+            "minzoom": 0,
+            "maxzoom": MAX_ZOOM,
+            "bounds": [-180, -85.0511, 180, 85.0511],
+        }
+    )
+
+
 async def _dispatch(request: Request) -> Response:
     """Route a request on its path segments (see module docstring)."""
     segments = [s for s in request.url.path.split("/") if s]
@@ -325,6 +344,8 @@ async def _dispatch(request: Request) -> Response:
         return await _big(n)
     if (ms := _segment_int(segments, "_slow")) is not None:
         return await _slow(ms)
+    if segments and segments[-1] == "tilejson.json" and request.method in _READ_METHODS:
+        return _tilejson(request)
     tile = _parse_tile(segments)
     is_wms = bool(segments) and segments[-1].lower() == "wms"
     if not (is_wms or tile):

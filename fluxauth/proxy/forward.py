@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import time
 from collections import Counter
@@ -52,11 +53,12 @@ from fluxauth.errors import (
     ClientStalled,
     Refusal,
     RequestTimeout,
+    UnwritableHost,
     UpstreamError,
     UpstreamUnmappable,
 )
 from fluxauth.histogram import Histogram
-from fluxauth.proxy.responses import send_error, send_refused
+from fluxauth.proxy.responses import send_error
 from fluxauth.proxy.selfurls import Rewrite, SelfUrls
 from fluxauth.types import Headers, Message, Receive, Scope, Send
 from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
@@ -68,7 +70,6 @@ _KEPT_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 # The content codings a routed metadata body may come in: those fluxauth can decode to rewrite it.
 _DECODABLE = frozenset({b"gzip", b"x-gzip", b"deflate", b"identity"})
-BAD_HOST = ("bad_request", "the Host header is not a plain host name and port")
 
 
 def log_unmappable(routed: Routed, failure: UpstreamUnmappable) -> None:
@@ -76,7 +77,8 @@ def log_unmappable(routed: Routed, failure: UpstreamUnmappable) -> None:
     log.warning("%s: %s; answered 502, not passed through with upstream URLs in it", routed.route.name, failure)
 
 
-def accept_decodable(values: list[bytes]) -> bytes:
+@functools.lru_cache(maxsize=256)  # clients send the same few Accept-Encoding values
+def accept_decodable(values: tuple[bytes, ...]) -> bytes:
     """A client's ``Accept-Encoding`` reduced to the codings fluxauth can decode (routes), ``identity`` if none."""
     kept = [
         part.strip()
@@ -132,8 +134,12 @@ class Forwarder:
         routed = target.routed
         return self.origins[target.protocol] if routed is None else self.route_origins[routed.route.origin]
 
-    def rewrite_for(self, scope: Scope, routed: Routed) -> Rewrite | None:
-        """How a routed response's self-URLs map back; ``None`` if the client's host cannot be written (400)."""
+    def rewrite_for(self, scope: Scope, routed: Routed) -> Rewrite:
+        """A routed response's rewrite; its self-URL mapping is made only if the response needs one."""
+        return Rewrite(functools.partial(self._self_urls, scope, routed), self.settings.max_metadata_body)
+
+    def _self_urls(self, scope: Scope, routed: Routed) -> SelfUrls | None:
+        """From the upstream's base to the public one, as the client named it; ``None`` for a Host not plain."""
         host: bytes | None = None
         forwarded: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
@@ -146,8 +152,7 @@ class Forwarder:
         if public is None:
             return None
         route = routed.route
-        urls = SelfUrls(route.authority.encode("idna"), routed.base, public + routed.public, route.pinned)
-        return Rewrite(urls, self.settings.max_metadata_body)
+        return SelfUrls(route.authority.encode("idna"), routed.base, public + routed.public, route.pinned)
 
     def request_head(
         self, scope: Scope, head: RequestHead, principal: Principal | None, origin: Origin, target: Target
@@ -181,8 +186,9 @@ class Forwarder:
             path, query = target.raw_path, head.query
         else:
             path, query = routed.path, routed.query
-            codings = [value for name, value in kept_headers if name == b"accept-encoding"]
-            kept_headers = [(name, value) for name, value in kept_headers if name != b"accept-encoding"]
+            codings = tuple(value for name, value in kept_headers if name == b"accept-encoding")
+            if codings:
+                kept_headers = [(name, value) for name, value in kept_headers if name != b"accept-encoding"]
             kept_headers.append((b"accept-encoding", accept_decodable(codings)))
         lines = [
             head.method.encode("ascii"),
@@ -255,12 +261,7 @@ class Forwarder:
             head = RequestHead.from_scope(scope)
         protocol = target.protocol
         origin = self.origin_for(target)
-        rewrite = None
-        if target.routed is not None:
-            rewrite = self.rewrite_for(scope, target.routed)
-            if rewrite is None:
-                await send_refused(send, 400, *BAD_HOST, extra_headers)
-                return
+        rewrite = None if target.routed is None else self.rewrite_for(scope, target.routed)
         body = None
         if head.has_body:
             body = _BodyReader(
@@ -326,6 +327,9 @@ class Forwarder:
         except UpstreamUnmappable as exc:
             self.errors[exc.kind] += 1
             log_unmappable(routed, exc)
+            await send_error(send, exc, extra_headers)
+            return
+        except UnwritableHost as exc:
             await send_error(send, exc, extra_headers)
             return
         if not rewrite.collect:

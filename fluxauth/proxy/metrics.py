@@ -62,7 +62,7 @@ class _AppCollector(Collector):
         )
         forwarder = self.app.forwarder
         upstream_errors = CounterMetricFamily("fluxauth_upstream_errors", "Upstream failures by kind", labels=["kind"])
-        for kind in ("connection", "timeout", "protocol"):
+        for kind in ("connection", "timeout", "protocol", "unmappable"):
             upstream_errors.add_metric([kind], forwarder.errors[kind])
         yield upstream_errors
         client_errors = CounterMetricFamily(

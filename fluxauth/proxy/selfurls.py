@@ -31,9 +31,10 @@ import functools
 import html
 import re
 import zlib
+from collections.abc import Callable
 
 from fluxauth.decision.routing import parameter_name
-from fluxauth.errors import UpstreamUnmappable
+from fluxauth.errors import UnwritableHost, UpstreamUnmappable
 from fluxauth.types import Headers
 
 JSON = "json"
@@ -175,28 +176,47 @@ class Rewrite:
     ``head`` says whether the body is to be collected (``collect``); then
     ``feed`` takes it piece by piece and ``finish`` returns the headers and
     the mapped body. Each raises ``UpstreamUnmappable`` (502) for what cannot
-    be rewritten: too large, a partial response, an unknown content coding.
+    be rewritten: too large, a partial response, an unknown content coding;
+    and ``UnwritableHost`` (400) when the client's Host cannot be written.
+
+    The mapping itself (``urls``, from the client's scheme and host) is made
+    only for a response that needs it: a tile costs one look at its headers.
     """
 
-    __slots__ = ("_chunks", "_codings", "_headers", "_kind", "_limit", "_size", "collect", "urls")
+    __slots__ = ("_chunks", "_codings", "_headers", "_kind", "_limit", "_make_urls", "_size", "_urls", "collect")
 
-    def __init__(self, urls: SelfUrls, limit: int) -> None:
-        self.urls = urls
+    def __init__(self, urls: Callable[[], SelfUrls | None], limit: int) -> None:
+        # One per routed request, tiles included: only what every response needs is set here;
+        # the rest, for a body to collect, by head().
+        self._make_urls = urls
+        self._urls: SelfUrls | None = None
         self._limit = limit
-        self._kind: str | None = None
-        self._codings: list[bytes] = []
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._headers: Headers = []
         self.collect = False
+
+    @property
+    def urls(self) -> SelfUrls:
+        if self._urls is None:
+            urls = self._make_urls()
+            if urls is None:
+                raise UnwritableHost("the Host header is not a plain host name and port")
+            self._urls = urls
+        return self._urls
 
     def head(self, status: int, headers: Headers, *, head_only: bool) -> Headers:
         """The response headers to send, or to finish with once the body is in (``collect``)."""
-        if any(name in _MAPPED_HEADERS for name, _ in headers):
+        content_type = None
+        mapped = False
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+            elif name in _MAPPED_HEADERS:
+                mapped = True
+        kind = None if status in (204, 304) else metadata_kind(content_type)
+        if not mapped and kind is None:
+            return headers  # a tile: nothing to map
+        if mapped:
             headers = self.urls.map_headers(headers)
-        content_type = next((value for name, value in headers if name == b"content-type"), None)
-        kind = metadata_kind(content_type)
-        if kind is None or status in (204, 304):
+        if kind is None:
             return headers
         if head_only:
             # The length and coding a GET would get are those of the rewritten body, unknown here.
@@ -214,11 +234,14 @@ class Rewrite:
         if unknown:
             raise UpstreamUnmappable(f"a metadata response in content coding {unknown[0].decode('latin-1')!r}")
         self._codings = [coding for coding in codings if coding != b"identity"]
+        self._chunks: list[bytes] = []
+        self._size = 0
         for name, value in headers:
             if name == b"content-length" and value.isdigit() and int(value) > self._limit:
                 raise UpstreamUnmappable(f"a metadata response of {int(value)} bytes, over max_metadata_body")
-        self._kind = kind
-        self._headers = [
+        self._kind: str = kind
+        self.urls  # noqa: B018 - refused now (400) rather than after the body is read
+        self._headers: Headers = [
             (name, b"W/" + value if name == b"etag" and value.startswith(b'"') else value)
             for name, value in headers
             if name not in _BODY_HEADERS
@@ -234,7 +257,6 @@ class Rewrite:
 
     def finish(self) -> tuple[Headers, bytes]:
         """The headers (with the new ``Content-Length``) and the mapped body."""
-        assert self._kind is not None
         body = b"".join(self._chunks)
         self._chunks = []
         for coding in reversed(self._codings):

@@ -41,7 +41,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from fluxauth.decision.policy import Outcome
 from fluxauth.decision.request import RequestHead
 from fluxauth.decision.routing import Routed
-from fluxauth.errors import UpstreamBroken, UpstreamError, UpstreamUnmappable
+from fluxauth.errors import UnwritableHost, UpstreamBroken, UpstreamError, UpstreamUnmappable
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.app import DECISION, FluxAuthApp
 from fluxauth.proxy.forward import log_unmappable
@@ -103,8 +103,6 @@ class HotPath:
         else:
             origin = self.forwarder.route_origins[routed.route.origin]
             rewrite = self.forwarder.rewrite_for(scope, routed)
-            if rewrite is None:
-                return False  # a Host that cannot be written into a document: the app answers 400
         upstream = self.pool.take_idle(origin)
         if upstream is None:
             scope[DECISION] = decision
@@ -237,8 +235,8 @@ class Splice:
         if rewrite is not None:
             try:
                 headers = rewrite.head(status, headers, head_only=self._cycle.scope["method"] == "HEAD")
-            except UpstreamUnmappable as exc:
-                self._unmappable(exc)
+            except (UpstreamUnmappable, UnwritableHost) as exc:
+                self._cannot_rewrite(exc)
                 return
             if rewrite.collect:
                 self._collecting = True
@@ -259,7 +257,7 @@ class Splice:
             try:
                 self._rewrite.feed(data)
             except UpstreamUnmappable as exc:
-                self._unmappable(exc)
+                self._cannot_rewrite(exc)
             return
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
@@ -278,7 +276,7 @@ class Splice:
             try:
                 headers, body = self._rewrite.finish()
             except UpstreamUnmappable as exc:
-                self._unmappable(exc)
+                self._cannot_rewrite(exc)
                 return
             self._transport.write(_head(self._protocol, self._cycle, self._status, headers) + body)
             self._written = True
@@ -318,12 +316,13 @@ class Splice:
         body = refusal_body(failure.error, failure.detail)
         respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)
 
-    def _unmappable(self, failure: UpstreamUnmappable) -> None:
-        """A metadata body that cannot be rewritten: 502, and the upstream connection (its body unread) closed."""
+    def _cannot_rewrite(self, failure: UpstreamUnmappable | UnwritableHost) -> None:
+        """A response that cannot be rewritten: 502 (400 for the client's Host), the upstream connection closed."""
         self._collecting = False
-        self._hot.forwarder.errors[failure.kind] += 1
-        assert self._routed is not None
-        log_unmappable(self._routed, failure)
+        if isinstance(failure, UpstreamUnmappable):
+            self._hot.forwarder.errors[failure.kind] += 1
+            assert self._routed is not None
+            log_unmappable(self._routed, failure)
         self._finish()
         body = refusal_body(failure.error, failure.detail)
         respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)

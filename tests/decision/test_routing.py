@@ -38,7 +38,7 @@ def routes(*raw: dict[str, Any], upstreams: dict[str, str] | None = None) -> Rou
 
 
 def route(table: Routes, path: bytes, query: bytes = b"") -> Routed:
-    routed = table.route(parse_target(path, PROTOCOLS), query).routed
+    routed = parse_target(path, PROTOCOLS, table, query).routed
     assert routed is not None
     return routed
 
@@ -136,6 +136,27 @@ EXPANDED = [
         ),
         id="first-marker-wins-tail-raw",
     ),
+    pytest.param(
+        XPUBLISH_WMS,
+        b"/v1/services/wms/acme/gfs/main/g/h/wms",
+        b"",
+        (b"/datasets/gfs/wms/", b"", b"/datasets/gfs/wms/", b"/v1/services/wms/acme/gfs/main/g/h/wms/"),
+        id="group-then-marker-at-the-end",
+    ),
+    pytest.param(
+        XPUBLISH_WMS,
+        b"/v1/services/wms/acme/gfs/main/a/wms/b/wms",
+        b"",
+        (b"/datasets/gfs/wms/b/wms", b"", b"/datasets/gfs/wms/", b"/v1/services/wms/acme/gfs/main/a/wms/"),
+        id="marker-inside-before-marker-at-the-end",
+    ),
+    pytest.param(
+        XPUBLISH_WMS,
+        b"/v1/services/wms/acme/gfs/main/wmsx/wms",
+        b"",
+        (b"/datasets/gfs/wms/", b"", b"/datasets/gfs/wms/", b"/v1/services/wms/acme/gfs/main/wmsx/wms/"),
+        id="a-segment-that-starts-like-the-marker",
+    ),
 ]
 
 
@@ -174,21 +195,19 @@ def test_route_no_route_for_a_routed_protocol_is_404() -> None:
     """A protocol that routes serve and no [upstreams] entry does: a repository none of them takes is 404."""
     table = routes(TITILER)
     with pytest.raises(NotComputePath, match="no route serves this repository"):
-        table.route(parse_target(b"/v1/services/tiles/other/era5/main/tiles/x", PROTOCOLS), b"")
+        parse_target(b"/v1/services/tiles/other/era5/main/tiles/x", PROTOCOLS, table, b"")
 
 
 def test_route_falls_back_to_the_protocols_upstream() -> None:
     """With an [upstreams] entry for the protocol, an unrouted repository goes there, its path unchanged."""
     table = routes(TITILER, upstreams={"tiles": "http://plain:8001"})
-    target = parse_target(b"/v1/services/tiles/other/era5/main/tiles/x", PROTOCOLS)
-    assert table.route(target, b"").routed is None
+    assert parse_target(b"/v1/services/tiles/other/era5/main/tiles/x", PROTOCOLS, table).routed is None
 
 
 def test_route_other_protocols_untouched() -> None:
     """Protocols without routes keep the default upstream, as before routes existed."""
     table = routes(TITILER)
-    target = parse_target(b"/v1/services/wms/acme/gfs/main/wms", PROTOCOLS)
-    assert table.route(target, b"") is target
+    assert parse_target(b"/v1/services/wms/acme/gfs/main/wms", PROTOCOLS, table).routed is None
 
 
 NOT_EXPANDABLE = [
@@ -207,7 +226,7 @@ NOT_EXPANDABLE = [
 def test_route_not_expandable_is_404(raw: dict[str, Any], path: bytes, detail: str) -> None:
     """A URL the route cannot be expanded for is a 404 (a JSON refusal), never a server error."""
     with pytest.raises(NotComputePath, match=detail.replace("{", r"\{").replace("}", r"\}")) as raised:
-        routes(raw).route(parse_target(path, PROTOCOLS), b"")
+        parse_target(path, PROTOCOLS, routes(raw), b"")
     assert raised.value.status == 404
 
 
@@ -230,7 +249,7 @@ PINNED_QUERIES = [
 def test_route_client_sending_a_pinned_parameter_is_400(query: bytes) -> None:
     """A pinned parameter's name is compared decoded and case-insensitively: the client never chooses it."""
     with pytest.raises(PinnedParameter) as raised:
-        routes(TITILER).route(parse_target(b"/v1/services/tiles/acme/era5/main/g/tiles/x", PROTOCOLS), query)
+        parse_target(b"/v1/services/tiles/acme/era5/main/g/tiles/x", PROTOCOLS, routes(TITILER), query)
     assert raised.value.status == 400
     assert raised.value.error == "pinned_parameter"
 
@@ -256,7 +275,7 @@ def test_route_other_parameters_pass(query: bytes) -> None:
 def test_route_tail_cannot_leave_the_prefix(path: bytes) -> None:
     """The tail is checked like the decided segments before any route sees it: 400."""
     with pytest.raises(AmbiguousPath):
-        routes(XPUBLISH_TILES).route(parse_target(path, PROTOCOLS), b"")
+        parse_target(path, PROTOCOLS, routes(XPUBLISH_TILES), b"")
 
 
 @pytest.mark.parametrize(

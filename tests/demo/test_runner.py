@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.servers  # starts servers of its own (tests/conftest.py
 
 
 def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
-    """The demo starts both servers and the curl line it prints returns a PNG; without the key, 401."""
+    """The demo's printed curl lines work: a PNG (401 without the key), and its route's TileJSON."""
     port, upstream_port = free_port(), free_port()
     env = {**os.environ, "FLUXAUTH_ARGON2_PROFILE": "cheapest"}
     process = subprocess.Popen(
@@ -35,14 +36,15 @@ def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
         assert process.stdout is not None
         lines: list[str] = []
         deadline = time.monotonic() + 30
-        curl_line = None
-        while curl_line is None:
+        curl_lines: list[str] = []
+        while len(curl_lines) < 2:
             line = process.stdout.readline()
             assert line or process.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
             lines.append(line)
             if line.strip().startswith("curl -fsS -u demo:"):
-                curl_line = line.strip()
+                curl_lines.append(line.strip())
+        curl_line, tilejson_line = curl_lines
         while f"Uvicorn running on http://127.0.0.1:{port}" not in "".join(lines):
             lines.append(process.stdout.readline())
             assert time.monotonic() < deadline, "".join(lines)
@@ -58,6 +60,19 @@ def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
             ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url.group(0)], capture_output=True, text=True
         )
         assert refused.stdout == "401"
+
+        # The route: its block is printed, its TileJSON names fluxauth's tiles without the pinned parameter.
+        printed = "".join(lines)
+        assert "[[routes]]" in printed
+        assert f'upstream = "http://127.0.0.1:{upstream_port}/maps/{{ref}}/{{path}}"' in printed
+        tilejson = json.loads(
+            subprocess.run(shlex.split(tilejson_line), check=True, capture_output=True, timeout=30).stdout
+        )
+        (template,) = tilejson["tiles"]
+        assert template == f"http://127.0.0.1:{port}/v1/services/tiles/demo/routed/main/tiles/{{z}}/{{x}}/{{y}}.png"
+        user = curl_line.split()[2:4]  # -u demo:TOKEN
+        tile = subprocess.run(["curl", "-fsS", *user, template.format(z=1, x=1, y=0)], check=True, capture_output=True)
+        assert tile.stdout.startswith(b"\x89PNG")
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from fluxauth.errors import UpstreamUnmappable
+from fluxauth.errors import UnwritableHost, UpstreamUnmappable
 from fluxauth.proxy.selfurls import JSON, MARKUP, Rewrite, SelfUrls, metadata_kind
 from fluxauth.types import Headers
 
@@ -238,7 +238,7 @@ def run(
     status: int, headers: Headers, body: bytes, *, limit: int = 1 << 20, head_only: bool = False
 ) -> tuple[Headers, bytes | None]:
     """One response through a ``Rewrite``: what goes to the client (``None`` body: streamed untouched)."""
-    rewrite = Rewrite(TITILER, limit)
+    rewrite = Rewrite(lambda: TITILER, limit)
     sent = rewrite.head(status, headers, head_only=head_only)
     if not rewrite.collect:
         return sent, None
@@ -352,3 +352,29 @@ def test_rewrite_refuses_what_it_cannot_map(status: int, headers: Headers, body:
     """Too large, undecodable or partial: UpstreamUnmappable (502), never the body with upstream URLs in it."""
     with pytest.raises(UpstreamUnmappable, match=reason):
         run(status, headers, body, limit=1024)
+
+
+def test_rewrite_makes_no_mapping_for_a_tile() -> None:
+    """A tile's headers are looked at, nothing more: the mapping (the client's host) is never made."""
+    made: list[bool] = []
+
+    def urls() -> SelfUrls:
+        made.append(True)
+        return TITILER
+
+    rewrite = Rewrite(urls, 1024)
+    rewrite.head(200, [(b"content-type", b"image/png"), (b"content-length", b"4")], head_only=False)
+    assert (made, rewrite.collect) == ([], False)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"content-type", b"application/json")], [(b"content-type", b"image/png"), (b"location", b"http://x/")]],
+)
+def test_rewrite_refuses_a_host_it_cannot_write(headers: Headers) -> None:
+    """Metadata or a mapped header for a client whose Host is no plain host: 400, before any body is read."""
+    rewrite = Rewrite(lambda: None, 1024)
+    with pytest.raises(UnwritableHost) as raised:
+        rewrite.head(200, headers, head_only=False)
+    assert raised.value.status == 400
+    assert rewrite.head(200, [(b"content-type", b"image/png")], head_only=False) == [(b"content-type", b"image/png")]

@@ -18,7 +18,7 @@ import pytest
 from fluxauth.config.settings import Settings
 from tests.conftest import ProxyFactory, basic
 from tests.stock.conftest import routed_settings
-from tests.support.readers import basic_value, get_raw
+from tests.support.readers import basic_value, get_raw, send_raw
 from tests.support.servers import Proxy
 from tests.support.stock import StockServers
 
@@ -190,3 +190,17 @@ def test_titiler_metadata_over_the_bound_is_502(
     lines = [record.getMessage() for record in caplog.records if "max_metadata_body" in record.getMessage()]
     assert len(lines) == 2
     assert lines[0].startswith("routes[1] (tiles acme/era5): a metadata response of ")
+
+
+@pytest.mark.parametrize("host", [b'fluxauth.test"><script>', b"user@fluxauth.test", b"fluxauth.test:port"])
+def test_titiler_host_that_cannot_be_written_is_400(routed: Proxy, token: str, host: bytes) -> None:
+    """A Host that is no plain host and port never gets near TiTiler's TileJSON: 400, before any forwarding."""
+    request = b"GET " + TILEJSON.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: "
+    request += basic_value("acme", token) + b"\r\n\r\n"
+    assert client.get(routed.url + TILEJSON, headers=basic("acme", token)).status_code == 200  # the key cached
+    hot = routed.app.hot_path["forward"]
+    for _ in range(2):
+        raw = send_raw(routed.port, request)
+        assert raw.status == 400, raw.body
+        assert raw.json()["error"] == "bad_host"
+    assert routed.app.hot_path["forward"] == hot
