@@ -29,6 +29,7 @@ The hierarchy::
     │   ├── ClientGone                it disconnected
     │   └── ClientStalled             it left the response unread longer than send_timeout
     └── UpstreamError             the upstream failed a request (502 unless said otherwise)
+        ├── UpstreamBusy              every connection the request may use stayed busy (503)
         ├── UpstreamUnreachable       no connection could be made (502)
         ├── UpstreamTimeout           no connection, or no byte, in time (504)
         ├── UpstreamBroken            the response broke off or cannot be parsed (502)
@@ -193,6 +194,17 @@ class UpstreamError(FluxAuthError):
     status = 502
     error = "bad_gateway"
     detail = "the upstream cannot be reached"
+    retry_after: int | None = None  # seconds, for a Retry-After header
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the request may use stayed busy for ``upstream_connect_timeout``: nothing was sent (503)."""
+
+    kind = "busy"
+    status = 503
+    error = "upstream_busy"
+    detail = "every upstream connection this request may use is busy"
+    retry_after = 1
 
 
 class UpstreamUnreachable(UpstreamError):

@@ -98,6 +98,10 @@ class Settings:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
     upstream_max_connections: int = 256
+    # The most of upstream_max_connections one client (address, IPv6 /64) may
+    # hold at once: no client can take the pool from the others (SECURITY.md).
+    upstream_client_share: float = 0.25
+    upstream_max_header_bytes: int = 64 * 1024  # an upstream's status line and headers; 502 beyond
     log_level: LogLevel = "info"
     # Limits on what one client may cost (SECURITY.md). Verifications waiting
     # for the argon2 pool, per process: beyond it, uncached credentials get 503.
@@ -107,6 +111,9 @@ class Settings:
     max_request_body: int = 100 * 1024 * 1024  # bytes; 413 beyond; 0 = no limit
     client_header_timeout: float = 10.0  # to send the whole request head (fluxauth serve)
     client_body_timeout: float = 30.0  # the longest pause between two pieces of a request body
+    # And the body as a whole must keep up this rate: it may take client_body_timeout
+    # plus a second for every this many bytes (Apache's mod_reqtimeout MinRate); 0: off.
+    client_body_min_rate: int = 500
     send_timeout: float = 30.0  # the longest a client may leave a piece of the response unread
 
     def __post_init__(self) -> None:
@@ -280,6 +287,13 @@ def _positive_float(key: str, raw: object) -> float:
     return _float(key, raw)
 
 
+def _share(key: str, raw: object) -> float:
+    value = _float(key, raw)
+    if value > 1:
+        raise ConfigError(f"{key}: expected a fraction above 0 and at most 1, got {raw!r}")
+    return value
+
+
 def _seconds(key: str, raw: object) -> int:
     """A duration: a number of seconds, or a string such as ``90d``."""
     if isinstance(raw, int) and not isinstance(raw, bool):
@@ -356,6 +370,8 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "upstream_connect_timeout": _positive_float,
     "upstream_read_timeout": _positive_float,
     "upstream_max_connections": lambda k, v: _int(k, v, 1),
+    "upstream_client_share": _share,
+    "upstream_max_header_bytes": lambda k, v: _int(k, v, 1024),
     "log_level": _choice(get_args(LogLevel)),
     "max_pending_verifications": lambda k, v: _int(k, v, 1),
     "max_header_bytes": lambda k, v: _int(k, v, 1024),
@@ -363,6 +379,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "max_request_body": lambda k, v: _int(k, v, 0),
     "client_header_timeout": _positive_float,
     "client_body_timeout": _positive_float,
+    "client_body_min_rate": lambda k, v: _int(k, v, 0),
     "send_timeout": _positive_float,
 }
 assert set(_CONVERTERS) == {f.name for f in dataclasses.fields(Settings)}

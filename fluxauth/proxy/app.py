@@ -22,6 +22,7 @@ from fluxauth.proxy.forward import Forwarder
 from fluxauth.proxy.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from fluxauth.proxy.responses import send_json, send_refusal, send_refused, send_response
 from fluxauth.store import Store
+from fluxauth.timers import Timers
 from fluxauth.types import Receive, Scope, Send
 
 log = logging.getLogger("fluxauth")
@@ -37,10 +38,20 @@ DECISION = "fluxauth.decision"
 class FluxAuthApp:
     """Decide, then forward upstream or refuse."""
 
-    def __init__(self, settings: Settings, store: Store | None = None, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        *,
+        clock: Clock = system_clock,
+        timers: Timers | None = None,
+    ) -> None:
         self.settings = settings
         self.gate = Gate(settings, store, clock=clock)
-        self.forwarder = Forwarder(settings, self.gate.proxies)
+        # The event loop's clock and timers for every timeout on a connection
+        # (fluxauth/timers.py): the loop's own, unless a test drives them.
+        self.timers = timers
+        self.forwarder = Forwarder(settings, self.gate.proxies, timers=timers)
         self.outcomes: Counter[int] = Counter()
         # Requests answered without the ASGI app (fluxauth/server/hotpath.py): "forward", "auth"; and "handed_back",
         # those it gave to the app after all when a reused upstream connection was found closed.

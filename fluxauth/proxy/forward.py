@@ -19,8 +19,13 @@ What reaches the upstream:
 - framing of fluxauth's own: ``Content-Length`` is the one fluxauth checked
   (``request.check_framing``), whatever ``Connection`` names; a body longer than
   ``max_request_body`` is cut off (413), a client that pauses longer than
-  ``client_body_timeout`` in its body or leaves the response unread longer than
-  ``send_timeout`` is disconnected.
+  ``client_body_timeout`` in its body, or whose body falls behind
+  ``client_body_min_rate``, gets 408, and one that leaves the response unread
+  longer than ``send_timeout`` is disconnected.
+
+A client that goes away ends the exchange at once (``_ClientWatch``): the
+upstream connection is closed whether its answer has begun or not, and the
+request's share of the pool (``client_of``, ``partition_of``) is free again.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from fluxauth.auth.ratelimit import client_subject
 from fluxauth.config.settings import Settings
 from fluxauth.decision.headers import (
     connection_named,
@@ -60,8 +66,11 @@ from fluxauth.errors import (
 from fluxauth.histogram import Histogram
 from fluxauth.proxy.responses import send_error
 from fluxauth.proxy.selfurls import Rewrite, SelfUrls
+from fluxauth.timers import TimerHandle, Timers, timeout_at
 from fluxauth.types import Headers, Message, Receive, Scope, Send
-from fluxauth.upstream.pool import Connection, Origin, UpstreamPool
+from fluxauth.upstream.origin import Origin
+from fluxauth.upstream.pool import UpstreamPool
+from fluxauth.upstream.response import Response
 
 log = logging.getLogger("fluxauth.forward")
 
@@ -89,6 +98,21 @@ def accept_decodable(values: tuple[bytes, ...]) -> bytes:
     return b", ".join(kept) or b"identity"
 
 
+def client_of(trust: ProxyTrust, peer: str | None, forwarded_for: bytes | None) -> str:
+    """Whose share of the upstream connections a request takes: its client's address, an IPv6 client's /64."""
+    address = trust.client(peer, forwarded_for)
+    return client_subject(address) if ":" in address else address
+
+
+def partition_of(principal: Principal | None) -> str | None:
+    """Which requests may reuse a connection after this one's (``upstream/pool.py``): those of the same org.
+
+    Anonymous requests (``None``) are a partition of their own: they are only
+    ever forwarded to read public data.
+    """
+    return None if principal is None else principal.org
+
+
 def upstream_credentials(origin: Origin) -> tuple[bytes, ...]:
     """The strings that would give away fluxauth's own credentials to ``origin`` (from its URL's userinfo).
 
@@ -106,13 +130,16 @@ def upstream_credentials(origin: Origin) -> tuple[bytes, ...]:
 class Forwarder:
     """Sends decided requests upstream and streams the answers back."""
 
-    def __init__(self, settings: Settings, trust: ProxyTrust) -> None:
+    def __init__(self, settings: Settings, trust: ProxyTrust, *, timers: Timers | None = None) -> None:
         self.settings = settings
         self.trust = trust
         self.pool = UpstreamPool(
             max_connections=settings.upstream_max_connections,
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
+            max_header_bytes=settings.upstream_max_header_bytes,
+            client_share=settings.upstream_client_share,
+            timers=timers,
         )
         self.origins = {p: Origin.from_url(settings.upstream_for(p)) for p in settings.protocols}
         self.route_origins = {route.origin: Origin.from_url(route.origin) for route in settings.routes}
@@ -262,54 +289,78 @@ class Forwarder:
         protocol = target.protocol
         origin = self.origin_for(target)
         rewrite = None if target.routed is None else self.rewrite_for(scope, target.routed)
+        settings = self.settings
+        watch = _ClientWatch(receive, self.pool.timers, settings.send_timeout)
         body = None
         if head.has_body:
             body = _BodyReader(
-                receive, limit=self.settings.max_request_body, idle_timeout=self.settings.client_body_timeout
+                receive,
+                self.pool.timers,
+                limit=settings.max_request_body,
+                idle_timeout=settings.client_body_timeout,
+                min_rate=settings.client_body_min_rate,
+                on_end=watch.listen,
             )
+        else:
+            watch.listen()
+        response: Response | None = None
         sent_at = time.perf_counter()
         try:
-            upstream = await self.pool.send(
-                origin,
-                self.request_head(scope, head, principal, origin, target),
-                None if body is None else body.chunks(),
-                chunked=head.body_length is None,
-                head_only=head.method == "HEAD",
-            )
-        except UpstreamError as exc:
-            if body is not None and body.failure is not None:  # the client's body broke off, not the upstream
-                await self._client_failed(send, body.failure, extra_headers)
-                return
-            self.errors[exc.kind] += 1
-            await send_error(send, exc, extra_headers)
-            return
-        self.latency.observe(time.perf_counter() - sent_at)
-        try:
-            headers = self.response_headers(origin, upstream.headers, private=principal is not None) + extra_headers
-            if rewrite is None:
-                await self._relay(send, upstream, headers, head_only=head.method == "HEAD")
-            else:
-                assert target.routed is not None
-                await self._relay_rewritten(
-                    send, upstream, headers, rewrite, target.routed, extra_headers, head_only=head.method == "HEAD"
+            try:
+                response = await self.pool.send(
+                    origin,
+                    self.request_head(scope, head, principal, origin, target),
+                    None if body is None else body.chunks(),
+                    method=head.method,
+                    chunked=head.body_length is None,
+                    partition=partition_of(principal),
+                    client=client_of(self.trust, head.peer, head.forwarded_for),
                 )
-        except UpstreamError as exc:
-            # The head went out already: the server closes the connection and
-            # the client sees a truncated body. A client whose own body broke
-            # off is no failure of the upstream's.
-            if body is None or body.failure is None:
+            except UpstreamError as exc:
+                if body is not None and body.failure is not None:  # the client's body broke off, not the upstream
+                    await self._client_failed(send, body.failure, extra_headers)
+                    return
                 self.errors[exc.kind] += 1
-                log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
-        except ClientStalled:
-            self.errors["client_stalled"] += 1
-            log.info("client left the response unread for %s s; disconnected", self.settings.send_timeout)
+                await send_error(send, exc, extra_headers)
+                return
+            self.latency.observe(time.perf_counter() - sent_at)
+            headers = self.response_headers(origin, response.headers, private=principal is not None) + extra_headers
+            head_only = head.method == "HEAD"
+            try:
+                if rewrite is None:
+                    await self._relay(send, watch, response, headers, head_only=head_only)
+                else:
+                    assert target.routed is not None
+                    await self._relay_rewritten(
+                        send, watch, response, headers, rewrite, target.routed, extra_headers, head_only=head_only
+                    )
+            except UpstreamError as exc:
+                # The head went out already: the server closes the connection and
+                # the client sees a truncated body. A client whose own body broke
+                # off is no failure of the upstream's.
+                if body is None or body.failure is None:
+                    self.errors[exc.kind] += 1
+                    log.warning("upstream failed mid-response for %s: %s", protocol, type(exc).__name__)
+        except asyncio.CancelledError:
+            ended = watch.ended
+            if ended is None:
+                raise
+            watch.uncancel()
+            if isinstance(ended, ClientStalled):
+                self.errors["client_stalled"] += 1
+                log.info("client left the response unread for %s s; disconnected", settings.send_timeout)
+            else:
+                self.errors["client_gone"] += 1
         finally:
-            self.pool.release(upstream)
+            watch.close()
+            if response is not None:
+                self.pool.release(response.connection)
 
     async def _relay_rewritten(
         self,
         send: Send,
-        upstream: Connection,
+        watch: _ClientWatch,
+        upstream: Response,
         headers: Headers,
         rewrite: Rewrite,
         routed: Routed,
@@ -333,109 +384,157 @@ class Forwarder:
             await send_error(send, exc, extra_headers)
             return
         if not rewrite.collect:
-            await self._relay(send, upstream, headers, head_only=head_only)
+            await self._relay(send, watch, upstream, headers, head_only=head_only)
             return
-        watch = _SendWatch(self.settings.send_timeout)
-        try:
-            await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
-            await watch.send(send, {"type": "http.response.body", "body": body})
-        finally:
-            watch.close()
+        await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await watch.send(send, {"type": "http.response.body", "body": body})
 
-    async def _relay(self, send: Send, upstream: Connection, headers: Headers, *, head_only: bool) -> None:
-        """The response to the client, piece by piece as it arrives; a client that stops reading is dropped."""
-        watch = _SendWatch(self.settings.send_timeout)
-        try:
-            await watch.send(send, {"type": "http.response.start", "status": upstream.status, "headers": headers})
-            if head_only:
+    async def _relay(
+        self, send: Send, watch: _ClientWatch, response: Response, headers: Headers, *, head_only: bool
+    ) -> None:
+        """The response to the client, piece by piece as it arrives."""
+        await watch.send(send, {"type": "http.response.start", "status": response.status, "headers": headers})
+        if head_only:
+            await watch.send(send, {"type": "http.response.body", "body": b""})
+            return
+        while True:
+            chunk = await response.read()
+            if not chunk:
                 await watch.send(send, {"type": "http.response.body", "body": b""})
                 return
-            while True:
-                chunk = await upstream.read()
-                if not chunk:
-                    await watch.send(send, {"type": "http.response.body", "body": b""})
-                    return
-                # A body that is whole already goes out in one piece (a tile, usually).
-                more = not upstream.complete
-                await watch.send(send, {"type": "http.response.body", "body": chunk, "more_body": more})
-                if not more:
-                    return
-        finally:
-            watch.close()
+            # A body that is whole already goes out in one piece (a tile, usually).
+            more = not response.complete
+            await watch.send(send, {"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                return
 
     async def _client_failed(self, send: Send, failure: Refusal | ClientFailed, extra_headers: Headers) -> None:
         """The client, not the upstream, broke off the request: answer it if it can still hear."""
         if isinstance(failure, ClientFailed):
+            self.errors["client_gone"] += 1
             return
         self.errors["body_too_large" if isinstance(failure, BodyTooLarge) else "client_timeout"] += 1
         await send_error(send, failure, [*extra_headers, (b"connection", b"close")])
 
 
-class _SendWatch:
-    """``send``, but a client that leaves one piece of the response unread for ``timeout`` is dropped (slow read).
+class _ClientWatch:
+    """The client while its request is forwarded: gone (``http.disconnect``), or not reading (``send_timeout``).
 
-    One timer per response, not one per piece: it looks at the piece being
-    sent when it fires and is set again for that piece's own deadline.
+    Either ends the exchange at once: the forwarding task is cancelled where
+    it waits (for a connection, the upstream's head or body, the client), and
+    the upstream connection is closed with it. uvicorn's ``send`` returns
+    silently to a client that is gone, and nothing else listens for
+    ``http.disconnect``: before this, 256 requests closed as soon as sent held
+    256 upstream connections until their slow answers were read to the end
+    for nobody. One timer per response for the slow reader, not one per
+    piece: it looks at the piece being sent when it fires, and is set again
+    for that piece's own deadline.
     """
 
-    def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, receive: Receive, timers: Timers, send_timeout: float) -> None:
+        self._receive = receive
+        self._timers = timers
         self._task = asyncio.current_task()
-        self._timeout = timeout
+        self._timeout = send_timeout
         self._since: float | None = None  # when the piece being sent began; None between pieces
-        self._fired = False
-        self._timer = self._loop.call_later(timeout, self._check)
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+        self.ended: ClientFailed | None = None  # why the exchange was ended: ClientGone, ClientStalled
+        self._timer: TimerHandle = timers.call_at(timers.time() + send_timeout, self._check)
+
+    def listen(self) -> None:
+        """Listen for the client going away, once its body (if any) is read: ``receive`` is free then."""
+        if not self._closed:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._end(ClientGone())
+
+    def _end(self, reason: ClientFailed) -> None:
+        if self.ended is None and not self._closed and self._task is not None:
+            self.ended = reason
+            self._task.cancel()
+
+    def uncancel(self) -> None:
+        """The cancellation was ours, and is handled."""
+        assert self._task is not None
+        self._task.uncancel()
 
     async def send(self, send: Send, message: Message) -> None:
-        self._since = self._loop.time()
+        self._since = self._timers.time()
         try:
             await send(message)
-        except asyncio.CancelledError:
-            if not self._fired:
-                raise
-            assert self._task is not None
-            self._task.uncancel()
-            raise ClientStalled from None
         finally:
             self._since = None
 
     def _check(self) -> None:
         since = self._since
-        now = self._loop.time()
-        if since is not None and now - since >= self._timeout and self._task is not None:
-            self._fired = True
-            self._task.cancel()
+        now = self._timers.time()
+        if since is not None and now - since >= self._timeout:
+            self._end(ClientStalled())
             return
-        self._timer = self._loop.call_later(
-            self._timeout if since is None else since + self._timeout - now, self._check
-        )
+        if not self._closed:
+            when = now + self._timeout if since is None else since + self._timeout
+            self._timer = self._timers.call_at(when, self._check)
 
     def close(self) -> None:
+        self._closed = True
         self._timer.cancel()
+        if self._listener is not None:
+            self._listener.cancel()
 
 
 class _BodyReader:
-    """The client's body as an async iterator for the upstream, with a size limit and an idle timeout.
+    """The client's body as an async iterator for the upstream, with a size limit, a pause limit and a pace.
 
-    What ends it early is also kept in ``failure``: the upstream's side sees
-    only a connection broken off, and ``Forwarder.forward`` answers the client
-    with the reason.
+    The pace (``min_rate``, as Apache's mod_reqtimeout ``MinRate``): the body
+    may take ``idle_timeout`` plus a second for every ``min_rate`` bytes. A
+    pause limit alone let a body of a million bytes, one every 10 s, hold an
+    upstream connection for 115 days. What ends a body early is also kept in
+    ``failure``: the upstream's side sees only a connection broken off, and
+    ``Forwarder.forward`` answers the client with the reason.
     """
 
-    def __init__(self, receive: Receive, *, limit: int, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        timers: Timers,
+        *,
+        limit: int,
+        idle_timeout: float,
+        min_rate: int,
+        on_end: Callable[[], None],
+    ) -> None:
         self._receive = receive
+        self._timers = timers
         self._limit = limit
         self._idle_timeout = idle_timeout
+        self._min_rate = min_rate
+        self._on_end = on_end
         self.failure: Refusal | ClientFailed | None = None
         self.received = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        timers = self._timers
+        started = timers.time()
         while True:
+            now = timers.time()
+            when, paused = now + self._idle_timeout, True
+            if self._min_rate:
+                paced = started + self._idle_timeout + self.received / self._min_rate
+                if paced < when:
+                    when, paused = paced, False
             try:
-                async with asyncio.timeout(self._idle_timeout):
+                async with timeout_at(timers, when):
                     message = await self._receive()
             except TimeoutError:
-                self.failure = RequestTimeout(f"the request body paused for more than {self._idle_timeout} s")
+                if paused:
+                    detail = f"the request body paused for more than {self._idle_timeout:g} s"
+                else:
+                    detail = f"the request body arrived slower than {self._min_rate} bytes/s"
+                self.failure = RequestTimeout(detail)
                 raise self.failure from None
             if message["type"] == "http.disconnect":
                 self.failure = ClientGone()
@@ -448,4 +547,5 @@ class _BodyReader:
             if body:
                 yield body
             if not message.get("more_body", False):
+                self._on_end()
                 return

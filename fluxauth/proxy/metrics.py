@@ -62,19 +62,19 @@ class _AppCollector(Collector):
         )
         forwarder = self.app.forwarder
         upstream_errors = CounterMetricFamily("fluxauth_upstream_errors", "Upstream failures by kind", labels=["kind"])
-        for kind in ("connection", "timeout", "protocol", "unmappable"):
+        for kind in ("connection", "timeout", "protocol", "unmappable", "busy"):
             upstream_errors.add_metric([kind], forwarder.errors[kind])
         yield upstream_errors
         client_errors = CounterMetricFamily(
             "fluxauth_client_errors", "Requests the client broke off while forwarded, by kind", labels=["kind"]
         )
-        for kind in ("client_stalled", "client_timeout", "body_too_large"):
+        for kind in ("client_gone", "client_stalled", "client_timeout", "body_too_large"):
             client_errors.add_metric([kind], forwarder.errors[kind])
         yield client_errors
         hot = CounterMetricFamily(
             "fluxauth_hot_path", "Requests answered without the ASGI app (the hot path), by kind", labels=["kind"]
         )
-        for kind in ("forward", "auth", "handed_back"):
+        for kind in ("forward", "auth", "handed_back", "fault"):
             hot.add_metric([kind], self.app.hot_path[kind])
         yield hot
         connections = GaugeMetricFamily(

@@ -63,6 +63,12 @@ async def send_refusal(send: Send, decision: Decision, extra: Headers) -> None:
     await send_refused(send, decision.status, decision.error, decision.detail, refusal_headers(decision) + extra)
 
 
+def error_headers(error: Refusal | UpstreamError) -> Headers:
+    """The headers that go with an error's answer: Retry-After, when it says when to try again."""
+    retry_after = getattr(error, "retry_after", None)
+    return [] if retry_after is None else [(b"retry-after", str(retry_after).encode("ascii"))]
+
+
 async def send_error(send: Send, error: Refusal | UpstreamError, extra: Headers) -> None:
     """The answer to a request refused, or failed by the upstream, before its response began."""
-    await send_refused(send, error.status, error.error, error.detail, extra)
+    await send_refused(send, error.status, error.error, error.detail, error_headers(error) + extra)

@@ -30,7 +30,6 @@ is paused meanwhile, so nothing piles up in memory).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -44,11 +43,13 @@ from fluxauth.decision.routing import Routed
 from fluxauth.errors import UnwritableHost, UpstreamBroken, UpstreamError, UpstreamUnmappable
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.app import DECISION, FluxAuthApp
-from fluxauth.proxy.forward import log_unmappable
-from fluxauth.proxy.responses import own_headers, refusal_body
+from fluxauth.proxy.forward import client_of, log_unmappable, partition_of
+from fluxauth.proxy.responses import error_headers, own_headers, refusal_body
 from fluxauth.proxy.selfurls import Rewrite
+from fluxauth.timers import TimerHandle
 from fluxauth.types import Headers
-from fluxauth.upstream.pool import Connection
+from fluxauth.upstream.connection import Connection
+from fluxauth.upstream.framing import Head
 
 if TYPE_CHECKING:
     from fluxauth.server.protocol import LimitedHttpToolsProtocol
@@ -57,6 +58,10 @@ log = logging.getLogger("fluxauth.forward")
 
 AUTH_PATH = b"/_fluxauth/auth"
 _NO_BODY = frozenset({204, 304})
+# uvicorn's answer to an exception in the ASGI app (RequestResponseCycle.send_500_response,
+# pinned in server/pins.py), so that a fault of fluxauth's own reads the same on both paths.
+INTERNAL_ERROR_HEADERS: Headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+INTERNAL_ERROR_BODY = b"Internal Server Error"
 
 
 class HotPath:
@@ -65,12 +70,19 @@ class HotPath:
     def __init__(self, app: FluxAuthApp) -> None:
         self.app = app
         self.gate = app.gate
+        self.trust = app.gate.proxies
         self.forwarder = app.forwarder
         self.pool = app.forwarder.pool
         self.send_timeout = app.settings.send_timeout
 
     def serve(self, protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> bool:
-        """Answer ``cycle``'s request here if it is on the hot path; ``False`` leaves it to the ASGI app."""
+        """Answer ``cycle``'s request here if it is on the hot path; ``False`` leaves it to the ASGI app.
+
+        Called once the parser has returned (``LimitedHttpToolsProtocol``),
+        never from inside it. Nothing is sent, to the client or the upstream,
+        before the last step: an exception before it leaves the request to
+        the ASGI app, as if the hot path had declined it.
+        """
         scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
         method = scope["method"]
         if method != "GET" and method != "HEAD":
@@ -96,6 +108,8 @@ class HotPath:
             return False
         assert decision.target is not None
         target = decision.target
+        principal = decision.principal
+        scope[DECISION] = decision  # for the ASGI app, should it get the request after all
         routed = target.routed
         rewrite = None
         if routed is None:
@@ -103,26 +117,29 @@ class HotPath:
         else:
             origin = self.forwarder.route_origins[routed.route.origin]
             rewrite = self.forwarder.rewrite_for(scope, routed)
-        upstream = self.pool.take_idle(origin)
+        client = client_of(self.trust, head.peer, head.forwarded_for)
+        upstream = self.pool.take_idle(origin, partition_of(principal), client)
         if upstream is None:
-            scope[DECISION] = decision
             return False
+        try:
+            request = self.forwarder.request_head(scope, head, principal, origin, target)
+            splice = Splice(
+                self,
+                protocol,
+                cycle,
+                upstream,
+                private=principal is not None,
+                extra=self.gate.cors.response_headers(head.origin),
+                rewrite=rewrite,
+                routed=routed,
+            )
+            self.pool.send_to(upstream, request, splice, head_only=method == "HEAD")
+        except BaseException:
+            self.pool.release(upstream)  # nothing of it reached the client, nor (all of it) the upstream
+            raise
         self.app.outcomes[200] += 1
         self.app.hot_path["forward"] += 1
-        splice = Splice(
-            self,
-            protocol,
-            cycle,
-            upstream,
-            private=decision.principal is not None,
-            extra=self.gate.cors.response_headers(head.origin),
-            rewrite=rewrite,
-            routed=routed,
-        )
         protocol.splice = splice
-        request = self.forwarder.request_head(scope, head, decision.principal, origin, target)
-        self.pool.send_to(upstream, request, splice, head_only=method == "HEAD")
-        scope[DECISION] = decision  # for the ASGI app, should the upstream connection turn out closed
         return True
 
 
@@ -218,7 +235,7 @@ class Splice:
         self._pending: bytes | None = None  # the response head, until it can leave with the first body bytes
         self._written = False  # something went to the client
         self._sent_at = time.perf_counter()
-        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: TimerHandle | None = None
         self._rewrite = rewrite  # a routed response's self-URL mapping
         self._routed = routed
         self._collecting = False  # a metadata body is being collected, to be written whole at the end
@@ -226,10 +243,10 @@ class Splice:
 
     # -- the upstream's side (upstream.Sink) ----------------------------------
 
-    def upstream_head(self, connection: Connection) -> None:
+    def upstream_head(self, head: Head) -> None:
         self._hot.forwarder.latency.observe(time.perf_counter() - self._sent_at)
-        status = connection.status
-        headers = self._hot.forwarder.response_headers(connection.origin, connection.headers, private=self._private)
+        status = head.status
+        headers = self._hot.forwarder.response_headers(self._upstream.origin, head.headers, private=self._private)
         headers += self._extra
         rewrite = self._rewrite
         if rewrite is not None:
@@ -314,7 +331,19 @@ class Splice:
             return
         hot.forwarder.errors[failure.kind] += 1
         body = refusal_body(failure.error, failure.detail)
-        respond(self._protocol, self._cycle, failure.status, own_headers(body, b"application/json") + self._extra, body)
+        headers = own_headers(body, b"application/json") + error_headers(failure) + self._extra
+        respond(self._protocol, self._cycle, failure.status, headers, body)
+
+    def upstream_fault(self, exc: Exception) -> None:
+        """fluxauth's own code failed on the response: logged with its traceback, answered 500 (or cut off)."""
+        log.error("fluxauth failed relaying an upstream response on the hot path", exc_info=exc)
+        self._collecting = False
+        self._finish()
+        if self._written:
+            self._transport.close()
+            return
+        self._cycle.keep_alive = False
+        respond(self._protocol, self._cycle, 500, list(INTERNAL_ERROR_HEADERS), INTERNAL_ERROR_BODY)
 
     def _cannot_rewrite(self, failure: UpstreamUnmappable | UnwritableHost) -> None:
         """A response that cannot be rewritten: 502 (400 for the client's Host), the upstream connection closed."""
@@ -333,7 +362,8 @@ class Splice:
         """The client's send buffer is full: stop reading the upstream, and give the client ``send_timeout``."""
         self._upstream.pause_reading()
         if self._stall_timer is None:
-            self._stall_timer = self._protocol.loop.call_later(self._hot.send_timeout, self._client_stalled)
+            timers = self._protocol.timers
+            self._stall_timer = timers.call_at(timers.time() + self._hot.send_timeout, self._client_stalled)
 
     def client_resumed(self) -> None:
         if self._stall_timer is not None:

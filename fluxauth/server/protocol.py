@@ -21,45 +21,63 @@ two requests. This protocol adds:
 Both come from the served app's settings (``FluxAuthApp`` or
 ``FluxAuthMiddleware``), or the defaults. The wait for a head and uvicorn's
 keep-alive wait between requests share one timer per connection, moved
-lazily, instead of a timer or two per request.
+lazily, instead of a timer or two per request. The idle wait ends when a
+request begins, not at any byte: llhttp swallows CR and LF between messages
+without beginning one, and a client that sent a bare CRLF after a response
+and went silent was kept for ever (3 of them for 150 s against a 5 s
+keep-alive; 493 of them took every file descriptor of a 512-fd server).
 
-It is also where the hot path (``fluxauth/server/hotpath.py``) comes in: each request uvicorn
-is about to run as an ASGI task is offered to it first.
+It is also where the hot path (``fluxauth/server/hotpath.py``) comes in: each
+request uvicorn is about to run as an ASGI task is offered to it first — once
+the parser has returned, never from inside its callbacks, so that an
+exception in fluxauth's own code is logged with its traceback and answered
+500 (or the request handed to the ASGI app) instead of passing for the
+client's malformed request (uvicorn answers those 400, without a trace).
+
+Every uvicorn method this class overrides or mimics is pinned by its source
+(``fluxauth/server/pins.py``, and why).
 """
 
 from __future__ import annotations
 
 import asyncio
-from asyncio import TimerHandle
+import logging
 from http import HTTPStatus
 from typing import Any, Literal
 
+import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from fluxauth.config.settings import Settings
 from fluxauth.errors import HeadTooLarge, Refusal, RequestTimeout
 from fluxauth.proxy.responses import refusal_body
-from fluxauth.server.hotpath import Splice, hot_path_of
+from fluxauth.server.hotpath import INTERNAL_ERROR_BODY, INTERNAL_ERROR_HEADERS, Splice, hot_path_of
+from fluxauth.timers import TimerHandle, Timers
+
+log = logging.getLogger("fluxauth.server")
+
+
+STATUS_500 = STATUS_LINE[500]
 
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop httptools at a head over ``max_header_bytes``."""
 
 
-def _settings_of(app: object) -> Settings:
-    """The settings of the fluxauth app or middleware that uvicorn serves, under any wrappers."""
+def _settings_of(app: object) -> tuple[Settings, Timers | None]:
+    """The settings and timers of the fluxauth app or middleware that uvicorn serves, under any wrappers."""
     for _ in range(8):
         gate = getattr(app, "gate", None)
         settings = getattr(gate, "settings", None)
         if isinstance(settings, Settings):
-            return settings
+            return settings, getattr(app, "timers", None)
         app = getattr(app, "app", None)
         if app is None:
             break
-    return Settings()
+    return Settings(), None
 
 
 def _refusal(refusal: Refusal) -> bytes:
@@ -83,7 +101,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        settings = _settings_of(self.app)
+        settings, timers = _settings_of(self.app)
+        # The event loop's clock and timers, or those a test drives (fluxauth/timers.py).
+        self.timers: Timers = timers or self.loop
+        self._time = self.timers.time
         self.max_header_bytes = settings.max_header_bytes
         self.header_timeout = settings.client_header_timeout
         self._in_head = True  # waiting for, or reading, a request head
@@ -105,6 +126,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # handlers?), which log capture in tests, for one, makes true.
         self._hot = None if config.access_log else hot_path_of(self.app)
         self.splice: Splice | None = None  # the response being relayed on the hot path
+        # A request whose head the parser completed, to start once feed_data
+        # returns: the parser's callbacks only collect (as h11 and aiohttp do).
+        self._feeding = False
+        self._ready: tuple[RequestResponseCycle, ASGI3Application] | None = None
 
     # -- connection ----------------------------------------------------------
 
@@ -131,10 +156,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- the hot path ----------------------------------------------------------
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        # uvicorn calls this for each request it runs, at once or after the
-        # requests pipelined before it; the hot path may answer it instead.
-        if self._hot is not None and app is self.app and self._hot.serve(self, cycle):
+        # uvicorn calls this for each request it runs: from on_headers_complete
+        # (inside the parser: deferred until it returns), or once the requests
+        # pipelined before it are answered.
+        if self._feeding:
+            assert self._ready is None  # the next requests of this read wait in uvicorn's pipeline
+            self._ready = (cycle, app)
             return
+        self._start(cycle, app)
+
+    def _start(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Offer a request to the hot path, else run the ASGI app for it."""
+        hot = self._hot
+        if hot is not None and app is self.app:
+            try:
+                if hot.serve(self, cycle):
+                    return
+            except Exception:  # fluxauth's own bug: logged; the ASGI app answers instead, nothing was sent yet
+                log.exception("the hot path failed on a request; the ASGI app answers it")
+                hot.app.hot_path["fault"] += 1
         super()._start_asgi_task(cycle, app)
 
     def run_asgi(self, cycle: RequestResponseCycle) -> None:
@@ -148,11 +188,54 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Counted per read, not per byte of the head: a head may pass the
             # limit by up to one read (64-256 KiB) before it is refused.
             self._head_bytes += len(data)
-        super().data_received(data)
+        # uvicorn's data_received, but that a byte does not end the idle wait
+        # (on_message_begin does), and that an exception of a callback's own is
+        # told from the client's malformed request.
+        self._feeding = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._callback_failed(exc)
+            return
+        except httptools.HttpParserError:
+            self._bad_request()
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        finally:
+            self._feeding = False
+            ready, self._ready = self._ready, None
+        if ready is not None and not self.transport.is_closing():
+            self._start(*ready)
         if self._refused or self.transport.is_closing():
             return
         if self._in_head and self._head_bytes > self.max_header_bytes:
             self._refuse_too_large()
+
+    def _bad_request(self) -> None:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _callback_failed(self, exc: httptools.HttpParserCallbackError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _HeadTooLarge):
+            self._refuse_too_large()
+        elif cause is None or isinstance(cause, httptools.HttpParserError | UnicodeError):
+            self._bad_request()  # what the client sent (a URL httptools cannot parse...)
+        else:
+            # A bug in a callback (fluxauth's or uvicorn's), not the client's request.
+            log.error("fluxauth failed reading a request", exc_info=cause)
+            head = [STATUS_500]
+            for name, value in self.server_state.default_headers:
+                head += (name, b": ", value, b"\r\n")
+            for name, value in INTERNAL_ERROR_HEADERS:
+                head += (name, b": ", value, b"\r\n")
+            head.append(b"connection: close\r\n\r\n")
+            self._close_with(b"".join(head) + INTERNAL_ERROR_BODY)
 
     # -- parser callbacks ----------------------------------------------------
 
@@ -200,18 +283,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # else: the next head has begun (pipelined): its own deadline runs on.
 
     def _unset_keepalive_if_required(self) -> None:
-        # uvicorn calls this when data arrives: the idle wait is over.
-        if self._waiting_for == "idle":
-            self._deadline = None
+        # uvicorn calls this from connection_lost (and its own data_received,
+        # which this class replaces). The idle wait is not over at any byte —
+        # a bare CRLF between requests begins none — but when on_message_begin
+        # starts the wait for a head.
+        pass
 
     def _wait(self, what: Literal["head", "idle"], seconds: float) -> None:
         self._waiting_for = what
-        deadline = self._deadline = self.loop.time() + seconds
+        deadline = self._deadline = self._time() + seconds
         if self._timer is not None:
             if self._timer.when() <= deadline:
                 return  # it fires first and finds the deadline later: the usual case, no new timer
             self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._check_deadline)
+        self._timer = self.timers.call_at(deadline, self._check_deadline)
 
     def _stop_timer(self) -> None:
         self._deadline = None
@@ -224,8 +309,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         deadline = self._deadline
         if deadline is None or self.transport.is_closing():
             return
-        if self.loop.time() < deadline:
-            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        if self._time() < deadline:
+            self._timer = self.timers.call_at(deadline, self._check_deadline)
             return
         self._deadline = None
         if self._waiting_for == "idle":
@@ -248,6 +333,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(HeadTooLarge(f"the request line and headers are longer than {self.max_header_bytes} bytes"))
 
     def _refuse(self, refusal: Refusal) -> None:
+        self._close_with(_refusal(refusal))
+
+    def _close_with(self, answer: bytes) -> None:
+        """Answer ``answer`` and close, reading nothing more; after the answer in progress, if one is."""
         self._refused = True
         self._stop_timer()
         if self.cycle is not None and not self.cycle.response_complete:
@@ -255,5 +344,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self.flow.pause_reading()
             return
-        self.transport.write(_refusal(refusal))
+        self.transport.write(answer)
         self.transport.close()

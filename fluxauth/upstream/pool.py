@@ -1,4 +1,4 @@
-"""The upstream client: keep-alive HTTP/1.1 connections in one pool per process, responses streamed.
+"""The upstream client: keep-alive HTTP/1.1 connections in one pool per process, shared fairly, responses streamed.
 
 Not aiohttp, first chosen over httpx: through the same
 minimal proxy under uvicorn, aiohttp's client ran at 0.53x of this one (4,188
@@ -6,383 +6,117 @@ vs 7,960 requests/s for a 12 KiB tile; ``loadtests/minimal_proxies.py``, run by
 ``bench.py --with-minimal``). fluxauth's needs are narrow — a few origins fixed
 by the settings, requests it has framed itself, responses relayed as bytes —
 and aiohttp's generality (URL objects, multidicts, cookie jars, tracing, one
-task and several futures per request) was most of the hot path's cost. The
-parsing is not ours: httptools is llhttp, Node's parser, which uvicorn
-already uses for the requests.
+task and several futures per request) was most of the hot path's cost.
 
-What a connection does, in order: it is taken from the pool (the most recently
-used idle one, or a new one while fewer than ``max_connections`` are open),
-sent a head that the caller built, optionally a streamed body, and read until
-its response is complete; then it goes back to the pool if both sides keep it
-alive, or is closed. A response that is not read to its end closes its
-connection (its remaining bytes would be read as the next response).
+The package: ``framing.py`` turns bytes into response events (no I/O),
+``connection.py`` is one connection's state machine, ``response.py`` the pull
+adapter the ASGI path reads, and this module the pool that owns the
+connections, who holds them and who waits for one.
 
-A request without a body that fails on a reused connection before any byte of
-an answer arrives is sent once more on a new connection: the upstream closed
-the idle connection as the request went out (RFC 9112 §9.3.1; nginx's
-``proxy_next_upstream error`` does the same for idempotent requests).
+What a request does, in order: it gets a connection — an idle one of its
+origin and partition (below) that is still fresh and clean, or a new one
+while fewer than ``max_connections`` are open (closing an idle one elsewhere
+to make room), or it waits its turn, for at most ``connect_timeout`` in all
+(waiting for a connection is part of connecting) before ``UpstreamBusy``
+(503); then its head (and body) go out and its response is read to its end.
+The connection goes back to the pool only if both sides keep it alive, the
+response was read to its end, nothing came after it, and no request body was
+sent on it (the upstream may have left it unread: CL.0 smuggling).
+
+Sharing, so that no client can hold the pool (SECURITY.md):
+
+- one client (address, or IPv6 /64) holds at most ``client_share`` of
+  ``max_connections`` at once; beyond it its requests wait for its own;
+- a connection freed goes to the waiter whose partition holds the fewest;
+- idle connections are reused only within their partition — the org whose
+  request a connection last carried (anonymous requests, which only ever
+  read public data, are a partition of their own). Bytes an upstream sends
+  late, after a response was framed (a HEAD body 50 ms after the head, a
+  second answer), reach the next request on that connection, and nothing
+  tells them from its answer: so the next request is one of the same org.
+
+A bodiless request of an idempotent method (RFC 9110 §9.2.2) that fails on a
+reused connection before any byte of an answer arrives is sent once more on a
+new connection: the upstream closed the idle connection as the request went
+out (RFC 9112 §9.3.1; nginx's ``proxy_next_upstream error`` does the same).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import itertools
 import ssl
-from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol, cast
-from urllib.parse import unquote, urlsplit
+from collections.abc import AsyncIterator, Hashable
 
-import httptools
-
-from fluxauth.errors import UpstreamBroken, UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from fluxauth.types import Headers
+from fluxauth.errors import UpstreamBroken, UpstreamBusy, UpstreamTimeout, UpstreamUnreachable
+from fluxauth.timers import TimerHandle, Timers, timeout_at
+from fluxauth.upstream.connection import Connection, Phase, Sink
+from fluxauth.upstream.framing import MAX_HEADER_BYTES
+from fluxauth.upstream.origin import Origin
+from fluxauth.upstream.response import Response
 
 # Idle connections older than this are closed rather than reused: below
 # uvicorn's 5 s keep-alive, the shortest default among common upstream servers
 # (nginx 75 s, Go 90 s), so the upstream rarely closes one as we send on it.
 IDLE_SECONDS = 4.0
-# Response bytes buffered before the upstream is paused (a slow client reads
-# them): the same bound as uvicorn's request bodies.
-HIGH_WATER = 64 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Sink(Protocol):
-    """Takes a response as it arrives, instead of ``Connection.read``: the hot path's relay (``server/hotpath.py``)."""
-
-    def upstream_head(self, connection: Connection) -> None: ...
-
-    def upstream_body(self, data: bytes) -> None: ...
-
-    def upstream_end(self) -> None: ...
-
-    def upstream_failed(self, failure: UpstreamError) -> None: ...
+class _Room:
+    """A grant to open a new connection, counted as open already."""
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where requests for one upstream go, and what their heads say of it."""
-
-    host: str
-    port: int
-    tls: bool
-    host_header: bytes  # the Host the upstream is sent: its own name
-    prefix: bytes  # a base path to put before every request path
-    authorization: bytes | None  # Basic credentials from the URL's userinfo, fluxauth's own to the upstream
-
-    @classmethod
-    def from_url(cls, url: str) -> Origin:
-        parts = urlsplit(url)
-        tls = parts.scheme == "https"
-        host = parts.hostname or ""
-        port = parts.port or (443 if tls else 80)
-        netloc = parts.netloc.rpartition("@")[2]
-        authorization = None
-        if parts.username is not None:
-            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            authorization = b"Basic " + base64.b64encode(userinfo.encode("utf-8"))
-        return cls(host, port, tls, netloc.encode("idna"), parts.path.rstrip("/").encode("ascii"), authorization)
-
-    def __repr__(self) -> str:  # never the credentials
-        return f"Origin({'https' if self.tls else 'http'}://{self.host}:{self.port})"
+_ROOM = _Room()
+Grant = Connection | _Room
 
 
-class Connection(asyncio.Protocol):
-    """One upstream connection, and the response it is reading.
+class _Waiter:
+    __slots__ = ("client", "future", "order", "origin", "partition")
 
-    One object per connection, reused by each request on it: the callbacks of
-    asyncio and httptools fill in ``status`` and ``headers`` and buffer the
-    body for ``read``.
-    """
-
-    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
-        self._pool = pool
+    def __init__(
+        self, origin: Origin, partition: Hashable, client: Hashable, future: asyncio.Future[Grant], order: int
+    ) -> None:
         self.origin = origin
-        self._loop = pool.loop
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.counted = True  # among the pool's open connections
-        self.closed = False
-        self.idle_since = 0.0
-        self.status = 0
-        self.headers: Headers = []
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._busy = False  # a request is in flight (from send to release)
-        self._started = False  # any byte of its response arrived
-        self._head_done = False
-        self._complete = False
-        self._head_only = False  # a HEAD request: no body follows the head
-        self._until_close = False  # neither length nor chunked: the body ends with the connection
-        self._keep_alive = False
-        self._surplus = False  # an answer past the one asked for is being parsed: ignored
-        self._failure: UpstreamError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
-        self._last_read = 0.0  # when the upstream last sent something (or the request went out)
-        self._writer: asyncio.Task[None] | None = None
-        self.sink: Sink | None = None
-
-    # -- asyncio protocol ------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
-
-    def data_received(self, data: bytes) -> None:
-        if not self._busy or self._complete:
-            # Bytes nobody asked for (while idle, or past a whole response):
-            # the connection cannot be trusted with another request.
-            self._keep_alive = False
-            self.abort()
-            return
-        self._started = True
-        self._last_read = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"the upstream's response cannot be parsed: {exc}"))
-            return
-        if self._surplus:
-            self.abort()
-            return
-        if self._head_only and self._head_done and not self._complete:
-            # llhttp would wait for the body that Content-Length announces; a
-            # HEAD response has none (RFC 9110 §9.3.2), so the next starts afresh.
-            self._parser = httptools.HttpResponseParser(self)
-            self._finish()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._busy and not self._complete:
-            if self._until_close and self._head_done and exc is None:
-                self._keep_alive = False
-                self._finish()
-            else:
-                self._fail(UpstreamBroken("the upstream closed the connection mid-response"))
-        self._pool.waiting.discard(self)
-        self._pool.discard(self)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    # -- httptools callbacks --------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._complete:
-            # A second answer in the same read as the first: nobody asked
-            # for it, and the connection cannot be trusted with another request.
-            self._surplus = True
-            self._keep_alive = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._surplus:
-            self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        if self._surplus:
-            return
-        status = self._parser.get_status_code()
-        if status < 200:
-            # An interim answer (103 Early Hints...): the final one follows.
-            self.headers = []
-            return
-        self.status = status
-        self._head_done = True
-        self._keep_alive = self._parser.should_keep_alive()
-        if not self._head_only and status not in (204, 304):
-            names = {name for name, _ in self.headers}
-            self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
-        if self.sink is not None:
-            self.sink.upstream_head(self)
-        else:
-            self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        if self._surplus:
-            return
-        if self.sink is not None:
-            self.sink.upstream_body(body)
-            return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER:
-            self.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self._head_done and not self._surplus:  # not the end of an interim (or unasked) answer
-            self._finish()
-
-    # -- one request -------------------------------------------------------
-
-    def begin(self, *, head_only: bool) -> None:
-        self.status = 0
-        self.headers = []
-        self._chunks = []
-        self._buffered = 0
-        self._busy = True
-        self._started = self._head_done = self._complete = self._until_close = self._surplus = False
-        self._head_only = head_only
-        self._failure = None
-        self._writer = None
-        self._last_read = self._loop.time()
-        self._pool.watch(self)
-
-    def end(self) -> None:
-        """The request is over, whatever became of it."""
-        self._busy = False
-        self.sink = None
-        self._pool.waiting.discard(self)
-        if self._writer is not None and not self._writer.done():
-            # Answered before the body was all sent: what the upstream makes
-            # of the rest is unknown, so the connection is not reused.
-            self._keep_alive = False
-            self._writer.cancel()
-        self._writer = None
-
-    def _finish(self) -> None:
-        self._complete = True
-        self._pool.waiting.discard(self)
-        if self.sink is not None:
-            self.sink.upstream_end()
-        else:
-            self._wake()
-
-    def _fail(self, failure: UpstreamError) -> None:
-        first = self._failure is None and not self._complete
-        if first:
-            self._failure = failure
-        self._keep_alive = False
-        self._pool.waiting.discard(self)
-        self.abort()
-        if self.sink is not None:
-            if first:
-                self.sink.upstream_failed(failure)
-        else:
-            self._wake()
-
-    @property
-    def started(self) -> bool:
-        """Some byte of the response arrived: a request that failed before cannot have been answered."""
-        return self._started
-
-    def pause_reading(self) -> None:
-        """The reader cannot take more for now (a sink's slow client)."""
-        if not self._read_paused and self.transport is not None and not self.closed:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self.closed:
-            self._read_paused = False
-            self._last_read = self._loop.time()  # the upstream's time starts again now
-            self.transport.resume_reading()
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.abort()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def check_timeout(self, now: float, read_timeout: float) -> None:
-        """Fail the request if the upstream sent nothing for ``read_timeout``; a pause of ours does not count."""
-        if not self._read_paused and now - self._last_read >= read_timeout:
-            self._fail(UpstreamTimeout(f"the upstream sent nothing for {read_timeout:g} s"))
-
-    async def wait_head(self) -> None:
-        while not self._head_done:
-            if self._failure is not None:
-                raise self._failure
-            await self._wait()
-
-    async def read(self) -> bytes:
-        """The body bytes that arrived since the last call, waiting for some; ``b""`` at the end."""
-        while not self._chunks:
-            if self._complete:
-                return b""
-            if self._failure is not None:
-                raise self._failure
-            await self._wait()
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks = []
-        self._buffered = 0
-        self.resume_reading()
-        return data
-
-    @property
-    def complete(self) -> bool:
-        """The whole response has arrived (``read`` may still hold the last of it)."""
-        return self._complete
-
-    @property
-    def reusable(self) -> bool:
-        return self._complete and self._keep_alive and not self._chunks and not self.closed
-
-    # -- writing -----------------------------------------------------------
-
-    def write_body(self, body: AsyncIterator[bytes], *, chunked: bool) -> None:
-        """Stream a request body beside the wait for the response (an upstream may answer before the end)."""
-        self._writer = self._loop.create_task(self._write_body(body, chunked))
-        self._writer.add_done_callback(_retrieve)
-
-    async def _write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
-        assert self.transport is not None
-        try:
-            async for chunk in body:
-                if self.closed:
-                    return
-                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                while self._write_paused and not self.closed:
-                    self._drained = self._loop.create_future()
-                    await self._drained
-        except Exception:
-            # The client's body broke off (gone, too slow, too large): the
-            # upstream must not take what it got for a whole request.
-            self._fail(UpstreamBroken("the request body broke off"))
-            raise
-        if chunked and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
+        self.partition = partition
+        self.client = client
+        self.future = future
+        self.order = order
 
 
 class UpstreamPool:
-    """Keep-alive connections to the upstreams, at most ``max_connections`` open at once."""
+    """Keep-alive connections to the upstreams: at most ``max_connections`` open, shared fairly."""
 
-    def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        client_share: float = 1.0,
+        timers: Timers | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: dict[Origin, dict[Connection, None]] = {}
-        self._open = 0  # connections open or being opened
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._tls: ssl.SSLContext | None = None
+        self.max_header_bytes = max_header_bytes
+        self.client_limit = max(1, int(max_connections * client_share))  # connections one client may hold
+        self._timers = timers
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Connections waiting for the upstream, looked at by one watchdog for
-        # all of them: a timer per request costs more than the request's
-        # parsing. A silent upstream fails between read_timeout and 1.25 times it.
-        self.waiting: set[Connection] = set()
+        self._tls: ssl.SSLContext | None = None
+        self._open = 0  # connections open or being opened
+        self._idle: dict[tuple[Origin, Hashable], dict[Connection, None]] = {}  # most recently used last
+        self._idle_count = 0
+        self._busy: set[Connection] = set()  # taken and not released
+        self._held: dict[Hashable, int] = {}  # connections in use (or being opened) by client
+        self._load: dict[Hashable, int] = {}  # ... by partition
+        self._waiters: list[_Waiter] = []
+        self._order = itertools.count()
+        # Busy connections are looked at by one watchdog for all of them: a
+        # timer per request costs more than the request's parsing. A silent
+        # upstream fails between read_timeout and 1.25 times it.
         self._watch_every = min(1.0, read_timeout / 4)
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: TimerHandle | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -391,12 +125,30 @@ class UpstreamPool:
         return self._loop
 
     @property
+    def timers(self) -> Timers:
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = self.loop
+        return timers
+
+    @property
     def open_connections(self) -> int:
         return self._open
 
     @property
     def idle_connections(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
+        return self._idle_count
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection."""
+        return len(self._waiters)
+
+    def held_by(self, client: Hashable) -> int:
+        """Connections in use by ``client``."""
+        return self._held.get(client, 0)
+
+    # -- the two ways of sending ---------------------------------------------------
 
     async def send(
         self,
@@ -404,26 +156,27 @@ class UpstreamPool:
         head: bytes,
         body: AsyncIterator[bytes] | None = None,
         *,
+        method: str,
         chunked: bool = False,
-        head_only: bool = False,
-    ) -> Connection:
+        partition: Hashable = None,
+        client: Hashable = None,
+    ) -> Response:
         """Send ``head`` (then ``body``) and return once the response's head has arrived.
 
-        The caller reads the body with ``Connection.read`` and hands the
+        The caller reads the body with ``Response.read`` and hands the
         connection to ``release`` in the end, read to its end or not. Raises an
-        ``UpstreamError``: ``UpstreamUnreachable`` (nothing was sent),
-        ``UpstreamTimeout`` or ``UpstreamBroken``.
+        ``UpstreamError``: ``UpstreamBusy`` or ``UpstreamUnreachable`` (nothing
+        was sent), ``UpstreamTimeout`` or ``UpstreamBroken``.
         """
-        retry = body is None
+        retry = body is None and method in IDEMPOTENT
         while True:
-            connection, reused = await self._acquire(origin)
-            connection.begin(head_only=head_only)
-            assert connection.transport is not None
-            connection.transport.write(head)
+            connection, reused = await self._acquire(origin, partition, client)
+            response = Response(connection)
+            connection.begin(response, head, head_only=method == "HEAD")
             if body is not None:
                 connection.write_body(body, chunked=chunked)
             try:
-                await connection.wait_head()
+                await response.head()
             except UpstreamBroken:
                 self.release(connection)
                 if retry and reused and not connection.started:
@@ -433,28 +186,31 @@ class UpstreamPool:
             except BaseException:
                 self.release(connection)
                 raise
-            return connection
+            return response
+
+    def take_idle(self, origin: Origin, partition: Hashable = None, client: Hashable = None) -> Connection | None:
+        """An idle connection to ``origin`` for ``partition`` that is fresh and clean, if there is one at once."""
+        grant = self._grant(origin, partition, client, open_new=False)
+        return grant if isinstance(grant, Connection) else None
+
+    def send_to(self, connection: Connection, head: bytes, sink: Sink, *, head_only: bool) -> None:
+        """Send a bodiless request on a connection from ``take_idle``; its response goes to ``sink``."""
+        connection.begin(sink, head, head_only=head_only)
 
     def release(self, connection: Connection) -> None:
         """Take a connection back: pooled if it can serve another request, else closed."""
-        connection.end()
-        if connection.reusable:
-            connection.idle_since = self.loop.time()
-            self._idle.setdefault(connection.origin, {})[connection] = None
-            self._wake_waiter()
+        if connection not in self._busy:
+            return  # released already
+        self._busy.discard(connection)
+        self._count(connection.partition, connection.client, -1)
+        if connection.end():
+            connection.idle_since = self.timers.time()
+            self._idle.setdefault((connection.origin, connection.partition), {})[connection] = None
+            self._idle_count += 1
         else:
-            connection.abort()
-            self.discard(connection)
-
-    def discard(self, connection: Connection) -> None:
-        """A connection closed or is being closed: it no longer counts, and a waiter may open another."""
-        idle = self._idle.get(connection.origin)
-        if idle is not None:
-            idle.pop(connection, None)
-        if connection.counted:
-            connection.counted = False
-            self._open -= 1
-            self._wake_waiter()
+            self._uncount(connection)
+        if self._waiters:
+            self._wake()
 
     async def close(self) -> None:
         if self._watchdog is not None:
@@ -463,102 +219,182 @@ class UpstreamPool:
         for idle in list(self._idle.values()):
             for connection in list(idle):
                 connection.abort()
-                self.discard(connection)
+                self._closed(connection)
 
-    # -- the pool ------------------------------------------------------------
+    # -- who gets a connection -------------------------------------------------------
 
-    def watch(self, connection: Connection) -> None:
-        """Fail ``connection``'s request when the upstream stays silent for ``read_timeout``."""
-        self.waiting.add(connection)
+    def _grant(self, origin: Origin, partition: Hashable, client: Hashable, *, open_new: bool = True) -> Grant | None:
+        """A connection (or room to open one) for a request, counted as theirs; ``None`` if they must wait."""
+        if client is not None and self._held.get(client, 0) >= self.client_limit:
+            return None
+        connection = self._pop_idle(origin, partition)
+        if connection is not None:
+            self._take(connection, partition, client)
+            self._count(partition, client, 1)
+            return connection
+        if not open_new or (self._open >= self.max_connections and not self._close_idle_elsewhere()):
+            return None
+        self._open += 1
+        self._count(partition, client, 1)
+        return _ROOM
+
+    def _take(self, connection: Connection, partition: Hashable, client: Hashable) -> None:
+        connection.partition = partition
+        connection.client = client
+        self._busy.add(connection)
         if self._watchdog is None:
-            self._watchdog = self.loop.call_later(self._watch_every, self._look)
+            self._watchdog = self.timers.call_at(self.timers.time() + self._watch_every, self._look)
 
-    def _look(self) -> None:
-        now = self.loop.time()
-        for connection in list(self.waiting):
-            connection.check_timeout(now, self.read_timeout)
-        self._watchdog = self.loop.call_later(self._watch_every, self._look) if self.waiting else None
+    def _count(self, partition: Hashable, client: Hashable, delta: int) -> None:
+        load = self._load.get(partition, 0) + delta
+        if load:
+            self._load[partition] = load
+        else:
+            del self._load[partition]
+        if client is not None:
+            held = self._held.get(client, 0) + delta
+            if held:
+                self._held[client] = held
+            else:
+                del self._held[client]
 
-    def take_idle(self, origin: Origin) -> Connection | None:
-        """The most recently used idle connection to ``origin`` that is still fresh, if there is one."""
-        idle = self._idle.get(origin)
+    def _pop_idle(self, origin: Origin, partition: Hashable) -> Connection | None:
+        idle = self._idle.get((origin, partition))
         if not idle:
             return None
-        now = self.loop.time()
+        now = self.timers.time()
         while idle:
             connection, _ = idle.popitem()
-            if not connection.closed and now - connection.idle_since < IDLE_SECONDS:
+            self._idle_count -= 1
+            if connection.clean and now - connection.idle_since < IDLE_SECONDS:
                 return connection
             connection.abort()
-            self.discard(connection)
+            self._uncount(connection)
         return None
 
-    def send_to(self, connection: Connection, head: bytes, sink: Sink, *, head_only: bool) -> None:
-        """Send a bodiless request on an idle connection (``take_idle``); its response goes to ``sink``."""
-        connection.begin(head_only=head_only)
-        connection.sink = sink
-        assert connection.transport is not None
-        connection.transport.write(head)
-
-    async def _acquire(self, origin: Origin) -> tuple[Connection, bool]:
-        while True:
-            connection = self.take_idle(origin)
-            if connection is not None:
-                return connection, True
-            if self._open < self.max_connections:
-                return await self._connect(origin), False
-            if self._close_idle_elsewhere(origin):
-                continue
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_waiter()  # woken, but gone: the turn passes on
-                raise
-
-    def _close_idle_elsewhere(self, origin: Origin) -> bool:
-        """At the limit, close an idle connection to another origin to make room; True if one was."""
-        for other, idle in self._idle.items():
-            if other != origin and idle:
-                connection, _ = idle.popitem()
+    def _close_idle_elsewhere(self) -> bool:
+        """At the limit, close the least recently used idle connection (of another origin or partition)."""
+        for idle in self._idle.values():
+            if idle:
+                connection = next(iter(idle))
+                del idle[connection]
+                self._idle_count -= 1
                 connection.abort()
-                self.discard(connection)
+                self._uncount(connection)
                 return True
         return False
 
-    async def _connect(self, origin: Origin) -> Connection:
-        self._open += 1
-        tls = None
-        if origin.tls:
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
+    async def _acquire(self, origin: Origin, partition: Hashable, client: Hashable) -> tuple[Connection, bool]:
+        timers = self.timers
+        deadline = timers.time() + self.connect_timeout
+        grant = self._grant(origin, partition, client)
+        if grant is None:
+            waiter = _Waiter(origin, partition, client, self.loop.create_future(), next(self._order))
+            self._waiters.append(waiter)
+            try:
+                async with timeout_at(timers, deadline):
+                    grant = await waiter.future
+            except BaseException as exc:
+                self._forget(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamBusy(
+                        f"no connection to {origin!r} was free within {self.connect_timeout:g} s"
+                    ) from None
+                raise
+        if isinstance(grant, Connection):
+            return grant, True
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: Connection(self, origin), origin.host, origin.port, ssl=tls
-                )
+            async with timeout_at(timers, deadline):
+                connection = await self._connect(origin)
         except BaseException as exc:
             self._open -= 1
-            self._wake_waiter()
+            self._count(partition, client, -1)
+            self._wake()
             if isinstance(exc, TimeoutError):
                 raise UpstreamTimeout(f"no connection to {origin!r} within {self.connect_timeout:g} s") from exc
             if isinstance(exc, OSError):  # refused, unreachable, unknown name, TLS failures
                 raise UpstreamUnreachable(f"cannot connect to {origin!r}: {exc.strerror or exc}") from exc
             raise
+        self._take(connection, partition, client)
+        return connection, False
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """A waiter gave up (timed out, cancelled): out of the queue, and what it was granted meanwhile goes back."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            return
+        future = waiter.future
+        if not future.done() or future.cancelled():
+            return
+        grant = future.result()
+        self._count(waiter.partition, waiter.client, -1)
+        if isinstance(grant, Connection):
+            self._busy.discard(grant)
+            self._idle.setdefault((grant.origin, grant.partition), {})[grant] = None
+            self._idle_count += 1
+        else:
+            self._open -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand what is free to the waiters who may take it: fewest held by their partition first, then in order."""
+        waiters = self._waiters
+        while waiters:
+            if self._open >= self.max_connections and not self._idle_count:
+                return
+            best: _Waiter | None = None
+            rank = (0, 0)
+            for waiter in waiters:
+                if waiter.future.done():  # cancelled, gone soon (_forget)
+                    continue
+                if waiter.client is not None and self._held.get(waiter.client, 0) >= self.client_limit:
+                    continue
+                mine = (self._load.get(waiter.partition, 0), waiter.order)
+                if best is None or mine < rank:
+                    best, rank = waiter, mine
+            if best is None:
+                return
+            grant = self._grant(best.origin, best.partition, best.client)
+            if grant is None:
+                return
+            waiters.remove(best)
+            best.future.set_result(grant)
+
+    # -- connections ----------------------------------------------------------------
+
+    async def _connect(self, origin: Origin) -> Connection:
+        tls = None
+        if origin.tls:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        _, connection = await self.loop.create_connection(
+            lambda: Connection(
+                origin, timers=self.timers, max_header_bytes=self.max_header_bytes, on_closed=self._closed
+            ),
+            origin.host,
+            origin.port,
+            ssl=tls,
+        )
         return connection
 
-    def _wake_waiter(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def _uncount(self, connection: Connection) -> None:
+        if connection.counted:
+            connection.counted = False
+            self._open -= 1
 
+    def _closed(self, connection: Connection) -> None:
+        """A connection closed (either side): it no longer counts, and a waiter may open another."""
+        idle = self._idle.get((connection.origin, connection.partition))
+        if idle is not None and connection in idle:
+            del idle[connection]
+            self._idle_count -= 1
+        self._uncount(connection)
+        self._wake()
 
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a task's exception as seen: the caller learns of it another way (its body reader)."""
-    if not task.cancelled():
-        task.exception()
+    def _look(self) -> None:
+        now = self.timers.time()
+        for connection in list(self._busy):
+            if connection.phase is Phase.WAITING or connection.phase is Phase.BODY:
+                connection.check_timeout(now, self.read_timeout)
+        self._watchdog = self.timers.call_at(now + self._watch_every, self._look) if self._busy else None
