@@ -16,6 +16,7 @@ from fluxauth.config.settings import Settings
 from fluxauth.demo.upstream import create_app
 from fluxauth.manage.admin import Admin
 from fluxauth.store.sqlite import SQLiteStore
+from fluxauth.timers import Timers
 from tests.support.servers import Proxy, ServerThread, start_proxy
 
 if TYPE_CHECKING:
@@ -93,9 +94,21 @@ def admin(store: SQLiteStore, settings: Settings, clock: FakeClock) -> Admin:
 
 
 class ProxyFactory(Protocol):
-    """Starts fluxauth on the test's store and clock, with ``settings`` (by default the fixture's) and ``changes``."""
+    """Starts fluxauth on the test's store and clock, with ``settings`` (by default the fixture's) and ``changes``.
 
-    def __call__(self, settings: Settings | None = None, /, **changes: Any) -> Proxy: ...
+    ``timers``: the connections' timeouts driven by the test (``ManualTimers``);
+    ``asgi_only``: every request through the ASGI app, none on the hot path.
+    """
+
+    def __call__(
+        self,
+        settings: Settings | None = None,
+        /,
+        *,
+        timers: Timers | None = None,
+        asgi_only: bool = False,
+        **changes: Any,
+    ) -> Proxy: ...
 
 
 @pytest.fixture
@@ -103,8 +116,14 @@ def proxy_factory(settings: Settings, store_path: str, clock: FakeClock) -> Iter
     """The one way tests start fluxauth: each one stopped when the test ends."""
     started: list[Proxy] = []
 
-    def start(chosen: Settings | None = None, /, **changes: Any) -> Proxy:
-        proxy = start_proxy(dataclasses.replace(chosen or settings, **changes), store_path, clock)
+    def start(
+        chosen: Settings | None = None, /, *, timers: Timers | None = None, asgi_only: bool = False, **changes: Any
+    ) -> Proxy:
+        # An access log is written from the ASGI path, so the hot path leaves it every request.
+        config = {"access_log": True} if asgi_only else {}
+        proxy = start_proxy(
+            dataclasses.replace(chosen or settings, **changes), store_path, clock, timers=timers, **config
+        )
         started.append(proxy)
         return proxy
 

@@ -21,6 +21,12 @@ _DIGITS = re.compile(rb"[0-9]{1,19}")
 # tunnel to wherever the client names, past every decision (and uvicorn
 # treats it as an upgrade it cannot do).
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+# Methods whose requests have no body that a server would read: many
+# upstreams answer them without reading one, and would parse it as the next
+# request on the connection (CL.0 smuggling; PortSwigger, "Browser-powered
+# desync attacks", 2022). RFC 9110 §9.3.1: a body on GET "has no generally
+# defined semantics".
+BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(slots=True)
@@ -104,6 +110,7 @@ def check_framing(head: RequestHead, *, max_url_length: int) -> None:
     be forwarded; fluxauth does not, so it is refused rather than passed on
     as if it were the body. Two ``Host`` headers are a 400 by RFC 9112 §3.2.
     TRACE and CONNECT are refused (501) whoever asks (``REFUSED_METHODS``).
+    A body on a GET, HEAD or OPTIONS is refused (``BODILESS_METHODS``).
     """
     # Compared in upper case: methods are case-sensitive (RFC 9110 §9.1), but
     # some servers fold them. (GET, every tile, skips the fold.)
@@ -123,6 +130,8 @@ def check_framing(head: RequestHead, *, max_url_length: int) -> None:
         head.transfer_encoding and head.transfer_encoding[0].strip().lower() != b"chunked"
     ):
         raise UnsupportedTransferCoding("the only transfer coding accepted is chunked")
+    if head.has_body and head.method.upper() in BODILESS_METHODS:
+        raise BadRequest(f"a {head.method} request has no body")
 
 
 def check_body_size(head: RequestHead, *, max_request_body: int) -> None:

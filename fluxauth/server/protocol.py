@@ -195,9 +195,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            self._feeding = False
             self._callback_failed(exc)
             return
         except httptools.HttpParserError:
+            self._feeding = False
+            self._ready = None
             self._bad_request()
             return
         except httptools.HttpParserUpgrade:
@@ -207,7 +210,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
         finally:
             self._feeding = False
-            ready, self._ready = self._ready, None
+        ready, self._ready = self._ready, None
         if ready is not None and not self.transport.is_closing():
             self._start(*ready)
         if self._refused or self.transport.is_closing():
@@ -221,6 +224,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.send_400_response(msg)
 
     def _callback_failed(self, exc: httptools.HttpParserCallbackError) -> None:
+        ready, self._ready = self._ready, None  # a request whose head completed in this read: never started
         cause = exc.__context__
         if isinstance(cause, _HeadTooLarge):
             self._refuse_too_large()
@@ -235,7 +239,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             for name, value in INTERNAL_ERROR_HEADERS:
                 head += (name, b": ", value, b"\r\n")
             head.append(b"connection: close\r\n\r\n")
-            self._close_with(b"".join(head) + INTERNAL_ERROR_BODY)
+            self._close_with(b"".join(head) + INTERNAL_ERROR_BODY, now=ready is not None and ready[0] is self.cycle)
 
     # -- parser callbacks ----------------------------------------------------
 
@@ -335,11 +339,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, refusal: Refusal) -> None:
         self._close_with(_refusal(refusal))
 
-    def _close_with(self, answer: bytes) -> None:
-        """Answer ``answer`` and close, reading nothing more; after the answer in progress, if one is."""
+    def _close_with(self, answer: bytes, *, now: bool = False) -> None:
+        """Answer ``answer`` and close, reading nothing more; after the answer in progress, if one is.
+
+        ``now``: the request in ``self.cycle`` was never started (it is the one answered).
+        """
         self._refused = True
         self._stop_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
+        if not now and self.cycle is not None and not self.cycle.response_complete:
             # An answer to an earlier request is still being written: close after it.
             self.cycle.keep_alive = False
             self.flow.pause_reading()

@@ -1,9 +1,11 @@
 """Limits: request head size and time, URL length, request body size and pace, slow readers, slowloris.
 
-Against fluxauth as ``fluxauth serve`` runs it (``LimitedHttpToolsProtocol``),
-with limits set low so that each test takes a fraction of a second; the last
-test runs the real ``fluxauth serve`` command to show the command line wires
-them in.
+Against fluxauth as ``fluxauth serve`` runs it (``LimitedHttpToolsProtocol``).
+The timeouts are the real defaults, and no test sleeps through them: the
+connections' timers are driven (``ManualTimers``), so that a 10 s head
+timeout takes no 10 s and its outcome does not hang on how busy the machine
+is. The last test runs the real ``fluxauth serve`` command to show the
+command line wires them in.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import httpx
 import pytest
 
 from fluxauth.manage.admin import Admin
+from fluxauth.timers import ManualTimers
 from tests.conftest import ProxyFactory
 from tests.support.readers import (
     StarletteReader,
     basic_value,
     read_all,
+    read_response,
     request_bytes,
     send_raw,
 )
@@ -123,15 +127,17 @@ def test_limits_slow_request_head_is_408_and_closed(start: Start) -> None:
     Defence: ``LimitedHttpToolsProtocol``'s head timer; uvicorn alone keeps
     such a connection, and one that never sends a byte, open for ever.
     """
-    front = start(client_header_timeout=0.3)
+    timers = ManualTimers()
+    front = start(timers=timers)  # client_header_timeout: the default 10 s
     for opening in (b"GET " + ECHO + b" HTTP/1.1\r\nHost: x\r\nX-Slow: a", b""):
-        started = time.monotonic()
         with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
             sock.sendall(opening)
+            front.server.settle(sock)
+            timers.advance(9.9)
+            assert still_open(sock)
+            timers.advance(0.2)
             reply = read_all(sock)
-        elapsed = time.monotonic() - started
         assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
-        assert 0.25 < elapsed < 2
 
 
 def test_limits_idle_keep_alive_connection_is_closed(start: Start, keys: Keys) -> None:
@@ -140,16 +146,54 @@ def test_limits_idle_keep_alive_connection_is_closed(start: Start, keys: Keys) -
     Defence: ``LimitedHttpToolsProtocol``'s one timer per connection, which
     keeps uvicorn's keep-alive bound without uvicorn's timer per response.
     """
-    front = start()
-    front.server.server.config.timeout_keep_alive = 0.3  # read by each new connection's protocol
+    timers = ManualTimers()
+    front = start(timers=timers)
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         for _ in range(3):  # each answer starts the idle wait again
             sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            time.sleep(0.1)
-        started = time.monotonic()
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+            timers.advance(4)
+            assert still_open(sock)
+        timers.advance(1.1)
         assert sock.recv(65536) == b""  # closed by the server
-    assert 0.15 < time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("filler", [b"\r\n", b"\n", b"\r\n\r\n\r\n"], ids=["crlf", "lf", "crlf-x3"])
+def test_limits_bare_crlf_between_requests_does_not_hold_the_connection(start: Start, filler: bytes) -> None:
+    """A CRLF (or LF) after a response, then silence: closed at the keep-alive timeout, as silence alone is.
+
+    The attack (issue 10, item 2): llhttp swallows CR and LF between requests
+    without beginning one, and any byte ended the idle wait, so nothing ever
+    closed the connection (200 held for 40 s, 3 for 150 s, against 5 s; with
+    512 descriptors, 493 of them made the server refuse everyone). Defence:
+    the idle wait ends when a request begins (``on_message_begin``), not at a
+    byte. Neither does a trickle of CRLFs extend it.
+    """
+    timers = ManualTimers()
+    front = start(timers=timers)
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        for _ in range(4):
+            sock.sendall(filler)
+            front.server.settle(sock)
+            timers.advance(1)
+            assert still_open(sock)
+        timers.advance(1.1)
+        assert read_all(sock) == b""  # closed at 5 s, with no answer owed
+    # A head begun after the CRLF has the head's own deadline: 408 at 10 s from its first byte.
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(filler)
+        front.server.settle(sock)
+        timers.advance(3)
+        sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\n")
+        front.server.settle(sock)
+        timers.advance(9.9)
+        assert still_open(sock)
+        timers.advance(0.2)
+        assert read_all(sock).startswith(b"HTTP/1.1 408")
 
 
 def test_limits_trickled_pipelined_head_still_times_out(start: Start, keys: Keys) -> None:
@@ -158,25 +202,31 @@ def test_limits_trickled_pipelined_head_still_times_out(start: Start, keys: Keys
     Each byte ends the keep-alive wait, so only the head's deadline (from its
     first byte) bounds it; a trickle must not reset it.
     """
-    front = start(client_header_timeout=0.5)
-    started = time.monotonic()
+    timers = ManualTimers()
+    front = start(timers=timers)
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\nGET " + ECHO + b" HTTP/1.1\r\n")
         reply = b""
-        with contextlib.suppress(OSError):
-            for _ in range(40):  # 4 s of trickle, far past the deadline
+        for _ in range(12):  # 12 s of trickle, past the 10 s deadline
+            with contextlib.suppress(OSError):
                 sock.sendall(b"X")
-                time.sleep(0.1)
-                if b"408" in reply:
-                    break
-                sock.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    reply += sock.recv(65536)
-                sock.setblocking(True)
-        reply += read_all(sock)
+            front.server.settle(sock)
+            timers.advance(1)
+        reply = read_all(sock)
     assert b"HTTP/1.1 200" in reply
     assert b"HTTP/1.1 408" in reply
-    assert time.monotonic() - started < 2
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither closed ``sock`` nor written to it (looked at without waiting)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return False
 
 
 def test_limits_slowloris_does_not_hold_the_server(start: Start, keys: Keys) -> None:
@@ -186,7 +236,8 @@ def test_limits_slowloris_does_not_hold_the_server(start: Start, keys: Keys) -> 
     sockets cost nothing but a descriptor) but keeps the slow connections for
     ever, until descriptors run out. Defence: ``client_header_timeout``.
     """
-    front = start(client_header_timeout=1.0)
+    timers = ManualTimers()
+    front = start(timers=timers)  # client_header_timeout: the default 10 s
     state = front.server.server.server_state
     slow: list[socket.socket] = []
     for _ in range(300):
@@ -215,9 +266,10 @@ def test_limits_slowloris_does_not_hold_the_server(start: Start, keys: Keys) -> 
                 started = time.perf_counter()
                 assert client.get(ECHO.decode(), headers={"Authorization": keys.reader.decode()}).status_code == 200
                 latencies.append(time.perf_counter() - started)
+        timers.advance(10.1)  # the head timeout, for every one of them at once
         deadline = time.monotonic() + 5
         while len(state.connections) > 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.05)  # the descriptors are released as the loop closes them
         remaining = len(state.connections)
     finally:
         stop.set()
@@ -276,18 +328,54 @@ def test_limits_streamed_body_over_the_limit_is_cut_off(start: Start, starlette:
 def test_limits_stalled_body_is_408(start: Start, starlette: StarletteReader, keys: Keys) -> None:
     """A client that stops sending its body for ``client_body_timeout`` gets 408; the upstream gets no request.
 
-    Defence: ``forward._BodyReader``'s idle timeout (uvicorn has none).
+    Defence: ``forward._BodyReader``'s pause limit (uvicorn has none).
     """
-    front = start(upstream=starlette.url, client_body_timeout=0.3)
+    timers = ManualTimers()
+    front = start(timers=timers, upstream=starlette.url)  # client_body_timeout: the default 30 s
     head = request_bytes(ECHO, [(b"Authorization", keys.writer), (b"Content-Length", b"100")], method=b"PUT")
-    started = time.monotonic()
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(head + b"only ten b")
+        front.server.settle(sock)
+        timers.advance(29.9)
+        assert still_open(sock)
+        timers.advance(0.2)
         reply = read_all(sock)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-    assert time.monotonic() - started < 3
+    assert b"paused for more than 30 s" in reply
     assert starlette.received == []
     assert front.app.forwarder.errors["client_timeout"] == 1
+
+
+def test_limits_trickled_body_is_408_at_its_pace(start: Start, starlette: StarletteReader, keys: Keys) -> None:
+    """A body that trickles (1 byte every 10 s of a million) gets 408 once behind ``client_body_min_rate``.
+
+    The attack (issue 10, item 1): ``client_body_timeout`` bounded only the
+    pause between two pieces, so 256 such requests from one address held the
+    upstream pool as long as they liked (a million bytes at one per 10 s:
+    115 days). Defence: ``forward._BodyReader`` gives a body
+    ``client_body_timeout`` plus a second per ``client_body_min_rate`` (500)
+    bytes, as Apache's mod_reqtimeout ``body=...,MinRate=500``; the upstream
+    connection it held is closed.
+    """
+    timers = ManualTimers()
+    front = start(timers=timers, upstream=starlette.url)
+    head = request_bytes(ECHO, [(b"Authorization", keys.writer), (b"Content-Length", b"1000000")], method=b"PUT")
+    pool = front.app.forwarder.pool
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(head)
+        seconds = 0
+        while seconds < 120 and still_open(sock):
+            sock.sendall(b"x")
+            front.server.settle(sock)
+            timers.advance(10)
+            seconds += 10
+        reply = read_all(sock)
+    print(f"a body trickled at 1 byte / 10 s: 408 after {seconds} s (before: never, for 115 days)")
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"slower than 500 bytes/s" in reply
+    assert seconds <= 40
+    assert starlette.received == []  # the upstream never took the part for a whole request
+    assert (pool.open_connections, pool.idle_connections) == (0, 0)
 
 
 def test_limits_client_that_does_not_read_is_dropped(start: Start, keys: Keys) -> None:

@@ -83,6 +83,21 @@ def get_raw(port: int, target: bytes, headers: Iterable[tuple[bytes, bytes]] = (
     return send_raw(port, request_bytes(target, headers))
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length from ``sock``, however it arrives (the connection may stay open)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))[15:])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes (or resets) the connection."""
     reply = b""

@@ -30,6 +30,7 @@ from fluxauth.decision.policy import Decision, Outcome
 from fluxauth.proxy.app import FluxAuthApp
 from fluxauth.server.protocol import LimitedHttpToolsProtocol
 from fluxauth.store.sqlite import SQLiteStore
+from fluxauth.timers import Timers
 
 T = TypeVar("T")
 
@@ -104,6 +105,23 @@ class ServerThread:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
+    def settle(self, client: socket.socket) -> None:
+        """Return once the server has read all that ``client`` (a connection to it) sent before this call.
+
+        ``sendall`` returns once the bytes are in the client's send queue
+        (Nagle's algorithm may keep a small piece there until the server
+        acknowledges the last), and the loop reads them when it next polls:
+        the kernel says when neither queue holds any (``queued_bytes``). What
+        the loop does with them runs in the same callback as the read, so a
+        timer a test fires after this sees it done.
+        """
+        deadline = time.monotonic() + 10
+        while queued_bytes(self.port, client.getsockname()[1]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not read what was sent to it")
+            time.sleep(0.001)
+        self.call(asyncio.sleep(0))
+
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=20)
@@ -114,6 +132,23 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def queued_bytes(server_port: int, client_port: int) -> int:
+    """Bytes of a loopback connection the server has not read: unsent by the client, or unread by the server.
+
+    From the kernel's table of TCP sockets (Linux: /proc/net/tcp, ``tx_queue:rx_queue``).
+    """
+    server = f"0100007F:{server_port:04X}"
+    client = f"0100007F:{client_port:04X}"
+    queued = 0
+    with open("/proc/net/tcp") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 4 and {fields[1], fields[2]} == {server, client}:
+                unsent, unread = (int(part, 16) for part in fields[4].split(":"))
+                queued += unsent if fields[1] == client else unread
+    return queued
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, *, timeout: float = 15) -> None:
@@ -181,9 +216,21 @@ class Proxy:
         self.server.stop()
 
 
-def start_proxy(settings: Settings, store_path: str, clock: FakeClock, *, http: Any = None, **config: Any) -> Proxy:
-    """fluxauth under uvicorn (by default with ``fluxauth serve``'s protocol), every decision recorded for the test."""
-    app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock)
+def start_proxy(
+    settings: Settings,
+    store_path: str,
+    clock: FakeClock,
+    *,
+    http: Any = None,
+    timers: Timers | None = None,
+    **config: Any,
+) -> Proxy:
+    """fluxauth under uvicorn (by default with ``fluxauth serve``'s protocol), every decision recorded for the test.
+
+    ``timers``: the connections' timeouts, driven by the test (``ManualTimers``) instead of the loop's clock;
+    ``config``: uvicorn's (``access_log=True`` leaves every request to the ASGI path).
+    """
+    app = FluxAuthApp(settings, SQLiteStore(store_path), clock=clock, timers=timers)
     decisions: list[Decision] = []
     check = app.gate.check
 
