@@ -219,13 +219,14 @@ def test_limits_trickled_pipelined_head_still_times_out(start: Start, keys: Keys
 
 def still_open(sock: socket.socket) -> bool:
     """Whether the server has neither closed ``sock`` nor written to it (looked at without waiting)."""
+    timeout = sock.gettimeout()
     sock.setblocking(False)
     try:
         sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         return True
     finally:
-        sock.setblocking(True)
+        sock.settimeout(timeout)
     return False
 
 

@@ -241,21 +241,34 @@ def test_upstream_body_on_a_bodiless_method_is_400_unforwarded(start: Start, key
 def test_upstream_connection_is_not_reused_after_a_body_it_may_not_have_read(start: Start, keys: Keys) -> None:
     """A POST whose body the upstream left unread: the next request never gets the smuggled request's answer.
 
-    Defence: ``Connection.write_body`` — a connection that carried a body is
-    closed after its answer, whatever the answer says.
+    The upstream parses the unread body as a request of its own and answers
+    it in turn, after the next request arrives (as a server that answers in
+    order, each in its time, does). Defence: ``Connection.write_body`` — a
+    connection that carried a body is closed after its answer, whatever the
+    answer says; the next request goes on a new one.
     """
 
-    def answer(conn: Conn, head: bytes) -> bytes:
-        return response(b"answer to " + path_of(head) + b" for " + org_of(head))
+    def handler(conn: Conn) -> None:
+        heads = [conn.read_head()]  # the POST; its body is never read, so it becomes "the next request"
+        conn.send(response(b"answer to " + path_of(heads[0])))
+        heads.append(conn.read_head())  # the smuggled request
+        heads.append(conn.read_head())  # the next request, if fluxauth sends it on this connection
+        for head in heads[1:]:
+            conn.send(response(b"answer to " + path_of(head) + b" for " + org_of(head)))
 
-    with RawUpstream(serving(answer)) as upstream:
+    def fresh(conn: Conn) -> None:
+        while True:
+            head = conn.read_head()
+            conn.send(response(b"answer to " + path_of(head) + b" for " + org_of(head)))
+
+    with RawUpstream(lambda conn: handler(conn) if conn.number == 0 else fresh(conn)) as upstream:
         front = start(upstream=upstream.url)
         post = get(ERA5, keys.acme_writer, method=b"POST", close=False).replace(
             b"\r\n\r\n", b"\r\ncontent-length: %d\r\n\r\n" % len(SMUGGLED)
         )
         reply = exchange(front.port, post + SMUGGLED + get(ERA5 + b"/next", keys.acme))
-        second = reply.partition(b"HTTP/1.1 200 OK")[2].partition(b"HTTP/1.1 ")[2]
-        assert body_of(b"HTTP/1.1 " + second) == b"answer to " + ERA5 + b"/next for acme", reply
+        print(f"the request after a POST whose body was left unread got: {reply.rpartition(b'answer to ')[2]!r}")
+        assert reply.endswith(b"answer to " + ERA5 + b"/next for acme"), reply
         assert b"secret" not in reply
         assert upstream.connections == 2
 
@@ -373,7 +386,7 @@ def test_upstream_response_head_is_bounded(start: Start, keys: Keys, path: str) 
         sent = upstream.conns[-1].written
     print(f"{path}: an endless response head: 502 after {sent // 1024} KiB ({time.monotonic() - started:.2f} s)")
     assert status_of(reply) == 502
-    assert sent < 20 * 1024 * 1024
+    assert sent < 8 * 1024 * 1024  # kernel buffers; fluxauth read at most one read past 64 KiB of it
     hot_path_taken(front, path)
 
 
