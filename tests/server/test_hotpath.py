@@ -28,6 +28,7 @@ from fluxauth.manage.admin import Admin
 from fluxauth.proxy.app import FluxAuthApp
 from fluxauth.store.sqlite import SQLiteStore
 from tests.conftest import Proxy, ProxyFactory, basic, http
+from tests.support.clients import wrong_secret
 from tests.support.readers import basic_value, read_all
 from tests.support.servers import ServerThread
 
@@ -112,7 +113,7 @@ def test_splice_refusals_are_left_to_the_app(proxy: Proxy, token: str) -> None:
     """Wrong secrets, missing credentials and bad paths are answered by the app, as before."""
     warm(proxy, token)
     assert http.get(proxy.url + TILE).status_code == 401
-    assert http.get(proxy.url + TILE, headers=basic("acme", token[:-1] + "A")).status_code == 401
+    assert http.get(proxy.url + TILE, headers=basic("acme", wrong_secret(token))).status_code == 401
     assert http.get(proxy.url + "/v1/services/tiles/acme/era5/main/a/%2e%2e/b").status_code == 400
     assert http.get(proxy.url + "/v1/services/tiles/nobody/era5/main/x").status_code == 404
     assert proxy.app.hot_path["forward"] == 0
