@@ -17,7 +17,6 @@ import socket
 import pytest
 
 import fluxauth.proxy.forward
-import fluxauth.server.hotpath
 from fluxauth.server.hotpath import Splice
 from fluxauth.server.protocol import LimitedHttpToolsProtocol
 from fluxauth.upstream.framing import ResponseFraming
@@ -99,7 +98,7 @@ def test_fault_in_the_hot_path_decision_goes_to_the_asgi_app(
 
 @pytest.mark.parametrize(
     ("module", "name"),
-    [(fluxauth.server.hotpath, "upstream_response_headers"), (Splice, "upstream_body")],
+    [(fluxauth.proxy.forward, "upstream_response_headers"), (Splice, "upstream_body")],
     ids=["response-header-filter", "body-relay"],
 )
 def test_fault_relaying_on_the_hot_path_is_500_not_502(
