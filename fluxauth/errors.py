@@ -55,7 +55,15 @@ class ConfigError(FluxAuthError):
 
 
 class InputError(FluxAuthError):
-    """An argument is not acceptable; the message says which and why."""
+    """An argument is not acceptable; the message says which and why.
+
+    ``field`` names the argument where one is to blame (the management API's
+    422 names it: ``grace``, ``expires_in``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(InputError):

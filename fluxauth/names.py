@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from fluxauth.errors import InputError
 
@@ -28,6 +29,30 @@ KEY = r"[a-z0-9][a-z0-9._-]{0,63}"
 PROTOCOL = r"[a-z0-9]{1,32}"
 
 ORG_RULE = "lower-case letters, digits and '-' (at most 63)"
+REPO_RULE = "letters, digits, '.', '_' and '-' (at most 100)"
+KEY_RULE = "lower-case letters, digits, '.', '_' and '-' (at most 64)"
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A name rule as JSON Schema says it (the management API's openapi.json): pattern and longest length.
+
+    One anchored pattern without look-arounds (which JSON Schema readers do
+    not all have) stands for the pattern above and ``plain`` together: every
+    ``.`` is followed by a character that is not one. ``tests/test_names.py``
+    holds the two forms to each other.
+    """
+
+    pattern: str
+    max_length: int
+
+    def json(self) -> dict[str, object]:
+        return {"type": "string", "pattern": self.pattern, "maxLength": self.max_length}
+
+
+ORG_SCHEMA = Schema(r"^[a-z0-9][a-z0-9-]*$", 63)
+REPO_SCHEMA = Schema(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*$", 100)
+KEY_SCHEMA = Schema(r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*$", 64)
 _ORG = re.compile(ORG)
 _REPO = re.compile(REPO)
 _KEY = re.compile(KEY)
@@ -52,11 +77,11 @@ def check_org(value: str) -> str:
 
 
 def check_repo(value: str) -> str:
-    return _check(_REPO, "repo name", "use letters, digits, '.', '_' and '-' (at most 100)", value)
+    return _check(_REPO, "repo name", f"use {REPO_RULE}", value)
 
 
 def check_key_name(value: str) -> str:
-    return _check(_KEY, "key name", "use lower-case letters, digits, '.', '_' and '-' (at most 64)", value)
+    return _check(_KEY, "key name", f"use {KEY_RULE}", value)
 
 
 def check_protocol(value: str) -> str:

@@ -260,12 +260,33 @@ class Gate:
         decision = self._decide(head, target, policy, auth)
         if retry_after is not None:
             decision = dataclasses.replace(decision, retry_after=retry_after)
+        await self._hold(auth)
+        return decision
+
+    async def principal(self, head: RequestHead) -> Principal | Decision:
+        """Who sent ``head`` (an internal endpoint's request: the management API), or the refusal.
+
+        The same cache, failure limits and bound on verifications as a data
+        request's credentials; a lapsed principal (rotated out, expired) is refused.
+        """
+        auth, retry_after = await self.authenticate(head)
+        if isinstance(auth, Principal):
+            lapsed = auth.lapsed(self.clock())
+            if lapsed is None:
+                return auth
+            auth = lapsed
+        decision = refuse(auth)
+        if retry_after is not None:
+            decision = dataclasses.replace(decision, retry_after=retry_after)
+        await self._hold(auth)
+        return decision
+
+    async def _hold(self, auth: Auth) -> None:
         if auth is Failure.RATE_LIMITED and self.settings.rate_limit_delay:
             # A flood answered at once is answered as fast as it is sent, and
             # costs the cached traffic its share of the event loop; held, it
             # costs a timer (loadtests/bench.py, "attack").
             await asyncio.sleep(self.settings.rate_limit_delay)
-        return decision
 
     def decide_now(self, head: RequestHead) -> Decision | None:
         """``check`` from memory alone, or ``None`` where it would need the store, Redis or argon2.
@@ -526,6 +547,23 @@ class Gate:
         self._failed.clear()  # any change may have made a failure wrong (Gate._verify)
         self.change_seq = max(self.change_seq, change.seq)
         self.stats.changes_applied += 1
+
+    async def changed(self) -> None:
+        """After a mutation made here (the management API): apply it now, and wake the other servers.
+
+        With PostgreSQL the store has sent its ``NOTIFY`` already; Redis
+        subscribers hear it from here, as after a command-line change.
+        """
+        try:
+            await self.poll_changes()
+        except StoreUnavailable as exc:
+            log.warning("cannot read the change feed after a change: %s", exc)
+        if self.shared is not None:
+            await self.shared.notify()
+
+    def last_used(self, org: str, name: str) -> float | None:
+        """When this server last saw ``name@org`` used and has not yet written it to the store."""
+        return self._last_used.get((org, name))
 
     async def poll_changes(self) -> int:
         """Read and apply the changes since the last one seen; returns how many."""

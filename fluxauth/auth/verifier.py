@@ -55,7 +55,7 @@ def verify_threads(settings: Settings) -> int:
     return settings.verify_threads or max(1, (os.cpu_count() or 1) // lanes(settings.argon2_profile))
 
 
-def _yield_to_the_event_loop() -> None:
+def yield_to_the_event_loop() -> None:
     """Lower the calling verification thread's scheduling priority (per thread on Linux)."""
     with contextlib.suppress(OSError, AttributeError):  # no setpriority, or not allowed: run as is
         os.setpriority(os.PRIO_PROCESS, 0, VERIFY_NICE)
@@ -74,7 +74,7 @@ class Verifier:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(
-            threads, thread_name_prefix="fluxauth-verify", initializer=_yield_to_the_event_loop
+            threads, thread_name_prefix="fluxauth-verify", initializer=yield_to_the_event_loop
         )
         self._running = 0
         # (0 returning / 1 new, rank, arrival, handed a thread); a heap, lowest first.

@@ -16,13 +16,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from fluxauth.clock import system_clock
 from fluxauth.config.durations import format_duration, parse_duration
 from fluxauth.config.settings import Settings, load_settings
 from fluxauth.errors import Conflict, FluxAuthError, InputError, StoreUnavailable
-from fluxauth.manage.admin import Admin, IssuedToken, iso
+from fluxauth.manage.admin import AUDIT_PAGE, Admin, IssuedToken, iso
+from fluxauth.manage.schemas import AuditEventView, IssuedView, KeyView, dump
 from fluxauth.names import split_repository
 from fluxauth.store import Change, KeyRecord, Store, open_store
 from fluxauth.store.copy import copy_store
@@ -57,6 +59,21 @@ def _repo_grant(text: str) -> tuple[str, str]:
     if not equals or access not in ("read", "write"):
         raise argparse.ArgumentTypeError(f"bad --repo {text!r}: expected REPO=read or REPO=write")
     return repo, access
+
+
+def _moment(text: str) -> float:
+    """An ISO 8601 time (``2027-01-15``, ``2027-01-15T08:00:00Z``); without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad time {text!r}: expected ISO 8601, e.g. 2027-01-15T08:00:00Z") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"bad number {text!r}: expected a whole number >= 1")
+    return int(text)
 
 
 def _months(text: str) -> int:
@@ -117,9 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace", type=_duration, default=None, metavar="DURATION", help="0s to 7d (default 1d)")
     rotate.add_argument("--extend-months", type=_months, metavar="N", help="extend the expiry by 1 to 12 months")
     rotate.add_argument("--json", action="store_true")
+    revoke = keys.add_parser("revoke-token", parents=[common], help="end a rotated-out token's grace now")
+    revoke.add_argument("org")
+    revoke.add_argument("name")
+    revoke.add_argument("token_id")
     delete = keys.add_parser("delete", parents=[common])
     delete.add_argument("org")
     delete.add_argument("name")
+
+    audit = commands.add_parser("audit", parents=[common], help="an org's audit log, newest first")
+    audit.add_argument("org")
+    audit.add_argument("--since", type=_moment, metavar="TIME", help="events at or after TIME (ISO 8601)")
+    audit.add_argument("--until", type=_moment, metavar="TIME", help="events before TIME")
+    audit.add_argument("--actor", help="cli, or a key name@org")
+    audit.add_argument("--before", type=_count, metavar="SEQ", help="the next page: events before SEQ")
+    audit.add_argument("--limit", type=_count, default=AUDIT_PAGE, help=f"at most this many (default {AUDIT_PAGE})")
+    audit.add_argument("--json", action="store_true")
 
     repos = commands.add_parser("repos", help="repository settings").add_subparsers(dest="action", required=True)
     visibility = repos.add_parser("visibility", parents=[common])
@@ -144,35 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _issued(issued: IssuedToken, as_json: bool) -> None:
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "token": issued.token,
-                    "key": issued.key.principal,
-                    "token_id": issued.token_id,
-                    "expires_at": iso(issued.key.expires_at),
-                    "permissions": sorted(issued.key.permissions),
-                    "repo_grants": dict(issued.key.repo_grants),
-                }
-            )
-        )
-    else:
-        print(issued.token)
+    # --json: the management API's answer to create and rotate, field for field.
+    print(json.dumps(dump(IssuedView.of(issued))) if as_json else issued.token)
 
 
-def _key_summary(key: KeyRecord) -> dict[str, object]:
-    return {
-        "key": key.principal,
-        "permissions": sorted(key.permissions),
-        "repo_grants": dict(key.repo_grants),
-        "created_at": iso(key.created_at),
-        "expires_at": iso(key.expires_at),
-        "last_used_at": iso(key.last_used_at),
-        "tokens": [
-            {"token_id": t.token_id, "created_at": iso(t.created_at), "not_after": iso(t.not_after)} for t in key.tokens
-        ],
-    }
+def _tokens(key: KeyRecord) -> str:
+    return ",".join(
+        token.token_id + ("" if token.not_after is None else f"(until {iso(token.not_after)})") for token in key.tokens
+    )
 
 
 def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
@@ -210,14 +219,14 @@ def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
     elif command == ("keys", "list"):
         keys = admin.list_keys(args.org)
         if args.json:
-            print(json.dumps([_key_summary(key) for key in keys]))
+            print(json.dumps(dump([KeyView.of(key) for key in keys])))
         else:
             for key in keys:
                 grants = ",".join(f"{repo}={access}" for repo, access in sorted(key.repo_grants.items())) or "-"
                 print(
                     f"{key.principal}  permissions={','.join(sorted(key.permissions)) or '-'}  repos={grants}"
                     f"  expires={iso(key.expires_at)}  last_used={iso(key.last_used_at) or 'never'}"
-                    f"  tokens={len(key.tokens)}"
+                    f"  tokens={len(key.tokens)} {_tokens(key)}"
                 )
     elif command == ("keys", "rotate"):
         grace = {} if args.grace is None else {"grace": args.grace}
@@ -226,6 +235,9 @@ def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
         if not args.json:
             ends = format_duration(args.grace) if args.grace is not None else "1d"
             print(f"the previous token stays valid for {ends}", file=sys.stderr)
+    elif command == ("keys", "revoke-token"):
+        admin.revoke_token(args.org, args.name, args.token_id)
+        print(f"token {args.token_id} of {args.name}@{args.org} no longer works")
     elif command == ("keys", "delete"):
         admin.delete_key(args.org, args.name)
         print(f"deleted key {args.name}@{args.org} and all its tokens")
@@ -233,6 +245,20 @@ def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
         org, repo = split_repository(args.repository)
         admin.set_visibility(org, repo, args.visibility)
         print(f"{org}/{repo} is {args.visibility}")
+    elif args.command == "audit":
+        events = admin.audit(
+            args.org, since=args.since, until=args.until, actor=args.actor, before=args.before, limit=args.limit
+        )
+        if args.json:
+            print(json.dumps(dump([AuditEventView.of(event) for event in events])))
+        else:
+            for event in events:
+                client = f" from {event.client}" if event.client else ""
+                detail = f"  ({event.detail})" if event.detail else ""
+                print(
+                    f"{event.seq:>6}  {iso(event.at)}  {event.actor}{client}  {event.action} {event.target}"
+                    f"  {event.outcome}{detail}"
+                )
 
 
 def _announce(settings: Settings, changes: Sequence[Change]) -> None:

@@ -10,7 +10,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # [0-9], not \d: \d also matches other scripts' digits ("٣d"), and str.isdigit()
 # accepts "²", which int() then refuses with a ValueError instead of an InputError.
 _PART = re.compile(r"([0-9]{1,9})([smhdw])")
-_WHOLE = re.compile(r"(?:[0-9]{1,9}[smhdw])+")
+# What parse_duration reads (after stripping and lower-casing): also the JSON
+# Schema pattern of durations in the management API's bodies.
+DURATION_PATTERN = r"^(?:[0-9]{1,10}|(?:[0-9]{1,9}[smhdw])+)$"
+_WHOLE = re.compile(DURATION_PATTERN)
 
 
 def parse_duration(text: str) -> int:
@@ -19,10 +22,10 @@ def parse_duration(text: str) -> int:
     A bare number is read as seconds.
     """
     value = text.strip().lower()
-    if value.isascii() and value.isdigit() and len(value) <= 10:
-        return int(value)
     if not _WHOLE.fullmatch(value):
         raise InputError(f"bad duration {text!r}: use a number with a unit s, m, h, d or w, e.g. 2h or 90d")
+    if value.isdigit():
+        return int(value)
     return sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(value))
 
 

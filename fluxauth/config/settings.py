@@ -115,6 +115,9 @@ class Settings:
     # plus a second for every this many bytes (Apache's mod_reqtimeout MinRate); 0: off.
     client_body_min_rate: int = 500
     send_timeout: float = 30.0  # the longest a client may leave a piece of the response unread
+    # "HOST:PORT": the management API, the page and /_fluxauth/metrics on a listener of their
+    # own (the proxy port then answers 404 for them); None: all on the proxy port.
+    admin_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         # Built in code (the middleware's public API) or by load_settings: the
@@ -305,6 +308,23 @@ def _seconds(key: str, raw: object) -> int:
     return _int(key, value, 1)
 
 
+def _listen(key: str, raw: object) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6): a listening address, the host an IP address."""
+    text = _optional_text(key, raw)
+    if text is None:
+        return None
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port) if port.isascii() and port.isdigit() else 0
+    except ValueError:
+        number = 0
+    if not colon or not 0 < number < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9100, got {text!r}")
+    return host, number
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
     def convert(key: str, raw: object) -> str:
         if raw not in options:
@@ -381,6 +401,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "client_body_timeout": _positive_float,
     "client_body_min_rate": lambda k, v: _int(k, v, 0),
     "send_timeout": _positive_float,
+    "admin_listen": _listen,
 }
 assert set(_CONVERTERS) == {f.name for f in dataclasses.fields(Settings)}
 

@@ -17,6 +17,8 @@ from fluxauth.errors import ConflictingCredentials, MalformedCredentials
 # A Basic value for an org name and an ``ema_`` token is ~100 bytes; anything
 # far larger is an attack on the decoder, not a credential.
 MAX_HEADER_BYTES = 1024
+# The 401's challenge. RFC 7617 §2.1: the charset parameter tells clients to send UTF-8.
+CHALLENGE = (b"www-authenticate", b'Basic realm="fluxauth", charset="UTF-8"')
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,17 @@
 
 Plain ASGI rather than Starlette routing: the hot path (cached credential, tile
 forwarded) builds no request object and runs no router. Internal endpoints live
-under ``/_fluxauth/``: ``healthz``, ``readyz``, ``metrics`` and ``auth`` (forward-auth).
+under ``/_fluxauth/``: ``healthz``, ``readyz``, ``metrics``, ``auth`` (forward-auth),
+``api/v1/`` (the management API, ``fluxauth.manage.api``) and ``ui/`` (its page).
+
+With ``admin_listen``, the server listens on a second socket too (``fluxauth
+serve``: one uvicorn server bound to both, in every worker); a request's
+``scope["server"]`` (the address of the socket it came in on) tells them
+apart. The admin listener answers ``api``, ``ui``, ``metrics``, ``healthz``
+and ``readyz`` and nothing else; the proxy port answers 404 for the first three.
+Requests that do not start with ``/_fluxauth/`` pay one comparison for this
+when it is set, none when it is not; the hot path never sees the admin
+listener's connections (``fluxauth/server/protocol.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from fluxauth.config.settings import Settings, load_settings, redact_url
 from fluxauth.decision.policy import Outcome, refuse_error
 from fluxauth.decision.request import REFUSED_METHODS, RequestHead, check_body_size
 from fluxauth.errors import BodyTooLarge
+from fluxauth.manage.api import ManagementApi
+from fluxauth.manage.ui import Page
 from fluxauth.proxy import forward_auth
 from fluxauth.proxy.forward import Forwarder
 from fluxauth.proxy.metrics import CONTENT_TYPE, metrics_registry, render_metrics
@@ -27,6 +39,9 @@ from fluxauth.types import Receive, Scope, Send
 
 log = logging.getLogger("fluxauth")
 INTERNAL = b"/_fluxauth/"
+API = b"api/v1/"
+# Served by the admin listener when there is one (and then only there), by the proxy port otherwise.
+ADMIN_ONLY = (b"metrics", API, b"ui")
 # A refused request's body is never read; the connection is closed after the
 # answer instead of reading (and discarding) whatever the client still sends.
 CLOSE = (b"connection", b"close")
@@ -57,10 +72,22 @@ class FluxAuthApp:
         # those it gave to the app after all when a reused upstream connection was found closed.
         self.hot_path: Counter[str] = Counter()
         self.metrics = metrics_registry(self)
+        self.management = ManagementApi(settings, self.gate)
+        self.page = Page()
+        self.admin_listen = settings.admin_listen
+
+    def on_admin_listener(self, server: tuple[str, int] | None) -> bool:
+        """Whether a request or connection to local address ``server`` came in on the admin listener."""
+        admin = self.admin_listen
+        if admin is None or server is None or server[1] != admin[1]:
+            return False
+        # A wildcard listener takes connections on every local address.
+        return admin[0] in ("0.0.0.0", "::") or server[0] == admin[0]  # noqa: S104 (compared, not bound)
 
     async def startup(self) -> None:
         await self.gate.start()
         await self.forwarder.start()
+        self.management.start()
         settings = self.settings
         log.info(
             "fluxauth started: upstream %s%s, redis %s, store %s",
@@ -71,6 +98,7 @@ class FluxAuthApp:
         )
 
     async def shutdown(self) -> None:
+        self.management.stop()
         await self.forwarder.stop()
         await self.gate.stop()
 
@@ -102,7 +130,10 @@ class FluxAuthApp:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = RequestHead.from_scope(scope)
         if head.raw_path.startswith(INTERNAL):
-            await self.internal(head.raw_path[len(INTERNAL) :], scope, send)
+            await self.internal(head.raw_path[len(INTERNAL) :], scope, receive, send)
+            return
+        if self.admin_listen is not None and self.on_admin_listener(scope.get("server")):
+            await send_refused(send, 404, "not_found", "no such endpoint", [])
             return
         # Decided already when the hot path (fluxauth/server/hotpath.py) handed the request back.
         decision = scope.get(DECISION) or await self.gate.check(head)
@@ -141,8 +172,17 @@ class FluxAuthApp:
             )
             await send_refusal(send, decision, cors.response_headers(head.origin) + ([CLOSE] if unread else []))
 
-    async def internal(self, name: bytes, scope: Scope, send: Send) -> None:
-        if name == b"auth":
+    async def internal(self, name: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.admin_listen is not None:
+            admin = self.on_admin_listener(scope.get("server"))
+            if admin != name.startswith(ADMIN_ONLY) and (not admin or name not in (b"healthz", b"readyz")):
+                await send_refused(send, 404, "not_found", "no such endpoint", [])
+                return
+        if name.startswith(API):
+            await self.management(name[len(API) :], scope, receive, send)
+        elif name == b"ui" or name.startswith(b"ui/"):
+            await self.page(name[2:], scope, send)
+        elif name == b"auth":
             decision = await forward_auth.answer(self.gate, scope, send)
             if decision is not None:
                 self.outcomes[decision.status] += 1
@@ -157,7 +197,7 @@ class FluxAuthApp:
         elif name == b"metrics":
             await send_response(send, 200, render_metrics(self.metrics), [], CONTENT_TYPE)
         else:
-            await send_refused(send, 404, "not_found", "no such internal endpoint", [])
+            await send_refused(send, 404, "not_found", "no such endpoint", [])
 
 
 class RedactingFormatter(logging.Formatter):

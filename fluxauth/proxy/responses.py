@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 
+from fluxauth.decision.credentials import CHALLENGE
 from fluxauth.decision.policy import Decision
 from fluxauth.errors import Refusal, UpstreamError
 from fluxauth.types import Headers, Send
-
-# RFC 7617 §2.1: the charset parameter tells clients to send UTF-8.
-CHALLENGE = (b"www-authenticate", b'Basic realm="fluxauth", charset="UTF-8"')
 
 
 def own_headers(body: bytes, content_type: bytes) -> Headers:
