@@ -295,8 +295,6 @@ def _copy(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
     # The store is opened here first, so that what no waiting mends (an
@@ -315,13 +313,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         if value:
             os.environ[f"FLUXAUTH_{name}"] = value
     from fluxauth.proxy.app import logging_config
+    from fluxauth.server.run import serve
 
-    uvicorn.run(
-        "fluxauth.proxy.app:app_from_environment",
-        factory=True,
+    if settings.admin_listen is not None and settings.admin_listen[1] == args.port:
+        raise InputError(f"admin_listen: port {args.port} is the proxy's own (--port)")
+    serve(
         host=args.host,
         port=args.port,
         workers=args.workers,
+        admin_listen=settings.admin_listen,
         loop="uvloop",
         # httptools (llhttp) refuses ambiguous framing; this subclass adds what
         # uvicorn lacks: max_header_bytes (431) and client_header_timeout (408).

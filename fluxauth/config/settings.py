@@ -314,12 +314,16 @@ def _listen(key: str, raw: object) -> tuple[str, int] | None:
     if text is None:
         return None
     host, colon, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
         number = int(port) if port.isascii() and port.isdigit() else 0
     except ValueError:
         number = 0
+    else:
+        if (address.version == 6) != bracketed:  # "::1:9100" could be read two ways
+            number = 0
     if not colon or not 0 < number < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9100, got {text!r}")
     return host, number

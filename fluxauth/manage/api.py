@@ -208,11 +208,12 @@ def _refusal(decision: Decision) -> Refused:
 
 
 def _from_input(exc: InputError) -> Refused:
+    detail = str(exc) if exc.field is None else f"{exc.field}: {exc}"
     if isinstance(exc, NotFound):
-        return Refused(404, "not_found", str(exc), field=exc.field)
+        return Refused(404, "not_found", detail, field=exc.field)
     if isinstance(exc, Conflict):
-        return Refused(409, "conflict", str(exc), field=exc.field)
-    return Refused(422, "invalid", str(exc), field=exc.field)
+        return Refused(409, "conflict", detail, field=exc.field)
+    return Refused(422, "invalid", detail, field=exc.field)
 
 
 def safe_text(text: str, limit: int = 200) -> str:

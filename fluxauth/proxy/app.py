@@ -76,7 +76,7 @@ class FluxAuthApp:
         self.page = Page()
         self.admin_listen = settings.admin_listen
 
-    def on_admin_listener(self, server: tuple[str, int] | None) -> bool:
+    def on_admin_listener(self, server: tuple[str, int | None] | None) -> bool:
         """Whether a request or connection to local address ``server`` came in on the admin listener."""
         admin = self.admin_listen
         if admin is None or server is None or server[1] != admin[1]:

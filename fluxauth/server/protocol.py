@@ -135,6 +135,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self._hot is not None and self._hot.app.on_admin_listener(self.server):
+            self._hot = None  # the admin listener serves management only, always through the app
         self._wait("head", self.header_timeout)  # a connection that never sends a byte is a slowloris too
 
     def connection_lost(self, exc: Exception | None) -> None:

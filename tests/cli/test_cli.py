@@ -325,6 +325,47 @@ def test_keys_delete_revokes(world: World) -> None:
     assert [k.name for k in snapshot(world.path)[1]] == ["long"]
 
 
+def test_keys_revoke_token_ends_grace_now(world: World) -> None:
+    """``keys revoke-token`` ends a rotated-out token's grace at once; the new token goes on working."""
+    with world.admin() as admin:
+        rotated = admin.rotate_key("acme", "ci", grace=7 * DAY)
+    old = world.key().tokens[0].token_id
+    assert world.works(world.ci_token)
+    result = world.cli("keys", "revoke-token", "acme", "ci", old)
+    assert_ok(result)
+    assert old in result.stdout
+    token = next(t for t in world.key().tokens if t.token_id == old)
+    assert token.not_after is not None
+    assert token.not_after <= world.key().tokens[1].created_at + 60  # now, not in 7 days
+    assert world.works(rotated.token)
+    listed = world.cli("keys", "list", "acme")
+    assert f"{old}(until " in listed.stdout
+
+
+def test_audit_lists_events_text_and_json(world: World) -> None:
+    """``audit ORG`` shows every mutation, newest first, by ``cli``; ``--json`` the API's events; filters apply."""
+    assert world.cli("keys", "rotate", "acme", "ci", "--grace", "2h").status == 0
+    assert_ok(world.cli("keys", "delete", "acme", "long"))
+    text = world.cli("audit", "acme")
+    assert_ok(text)
+    lines = text.stdout.splitlines()
+    assert "keys.delete long@acme" in lines[0]
+    assert "keys.rotate ci@acme" in lines[1]
+    assert "grace 2h" in lines[1]
+    as_json = world.cli("audit", "acme", "--json")
+    assert_ok(as_json)
+    events = json.loads(as_json.stdout)
+    assert [e["action"] for e in events] == ["keys.delete", "keys.rotate", "keys.create", "keys.create", "orgs.create"]
+    assert {e["actor"] for e in events} == {"cli"}
+    assert set(events[0]) == {"seq", "at", "actor", "client", "action", "target", "outcome", "detail"}
+    assert world.ci_token.split("_", 2)[2] not in as_json.stdout
+    paged = json.loads(world.cli("audit", "acme", "--json", "--limit", "2", "--before", str(events[0]["seq"])).stdout)
+    assert [e["seq"] for e in paged] == [events[1]["seq"], events[2]["seq"]]
+    assert json.loads(world.cli("audit", "acme", "--json", "--actor", "someone@acme").stdout) == []
+    assert json.loads(world.cli("audit", "acme", "--json", "--since", "2999-01-01").stdout) == []
+    assert len(json.loads(world.cli("audit", "acme", "--json", "--until", "2999-01-01T00:00:00Z").stdout)) == 5
+
+
 def test_repos_visibility_set(world: World) -> None:
     """``repos visibility ORG/REPO V`` records the repo's visibility."""
     result = world.cli("repos", "visibility", "acme/era5", "authenticated")
@@ -449,6 +490,13 @@ BAD_INPUT: dict[str, Bad] = {
     "extend-months-13": Bad(["keys", "rotate", "acme", "ci", "--extend-months", "13"], "--extend-months '13'"),
     "extend-months-0": Bad(["keys", "rotate", "acme", "ci", "--extend-months", "0"], "--extend-months '0'"),
     "extend-past-max": Bad(["keys", "rotate", "acme", "long", "--extend-months", "2"], "maximum lifetime"),
+    "revoke-current-token": Bad(["keys", "revoke-token", "acme", "ci", "{ci_token_id}"], "is the current token"),
+    "revoke-unknown-token": Bad(["keys", "revoke-token", "acme", "ci", "0123456789abcdef"], "no token 0123456789ab"),
+    "revoke-unknown-key": Bad(["keys", "revoke-token", "acme", "ghost", "0123456789abcdef"], "no key named ghost@acme"),
+    "audit-unknown-org": Bad(["audit", "nope"], "no org named 'nope'"),
+    "audit-bad-since": Bad(["audit", "acme", "--since", "yesterday"], "bad time 'yesterday'"),
+    "audit-bad-limit": Bad(["audit", "acme", "--limit", "0"], "bad number '0'"),
+    "audit-limit-too-large": Bad(["audit", "acme", "--limit", "5000"], "bad limit 5000"),
     "missing-command": Bad([], "required: COMMAND", store_option=False),
     "missing-action": Bad(["keys"], "required: action", store_option=False),
     "missing-org": Bad(["orgs", "create"], "required: org"),
@@ -482,8 +530,14 @@ def refuse(directory: Path, case: Bad) -> Refusal:
     config = directory / "bad.toml"
     config.write_text(BAD_CONFIG)
 
+    ci_token_id = world.ci_token.split("_")[1]
+
     def fill(text: str) -> str:
-        return text.replace("{config}", str(config)).replace("{store}", str(world.path))
+        return (
+            text.replace("{config}", str(config))
+            .replace("{store}", str(world.path))
+            .replace("{ci_token_id}", ci_token_id)
+        )
 
     args = [fill(arg) for arg in case.args] + (["--store", str(world.path)] if case.store_option else [])
     env = base_env(**{name: fill(value) for name, value in case.env.items()})

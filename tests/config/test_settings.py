@@ -166,6 +166,15 @@ def test_load_settings_origin_normalized_as_browsers_send_it(origin: str, normal
 
 
 @pytest.mark.parametrize(
+    ("text", "address"),
+    [("127.0.0.1:9100", ("127.0.0.1", 9100)), ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9100", ("::1", 9100))],
+)
+def test_admin_listen_read(text: str, address: tuple[str, int]) -> None:
+    """admin_listen is HOST:PORT with an IP address ([...] for IPv6)."""
+    assert load_settings(environ={"FLUXAUTH_ADMIN_LISTEN": text}).admin_listen == address
+
+
+@pytest.mark.parametrize(
     ("key", "value"),
     [
         # bad URL
@@ -224,6 +233,13 @@ def test_load_settings_origin_normalized_as_browsers_send_it(origin: str, normal
         ("protocols", ","),
         ("cache_secret", "too-short"),
         ("store", ""),
+        # bad listening address
+        ("admin_listen", "9100"),
+        ("admin_listen", "localhost:9100"),
+        ("admin_listen", "127.0.0.1:0"),
+        ("admin_listen", "127.0.0.1:65536"),
+        ("admin_listen", "127.0.0.1:port"),
+        ("admin_listen", "::1:9100"),
     ],
 )
 def test_load_settings_bad_environment_value_names_key_and_value(key: str, value: str) -> None:

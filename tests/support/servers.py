@@ -61,8 +61,10 @@ def free_port() -> int:
 class ServerThread:
     """An ASGI app served by uvicorn on 127.0.0.1 on a port of its own."""
 
-    def __init__(self, app: Any, **config: Any) -> None:
+    def __init__(self, app: Any, *, also: list[socket.socket] | None = None, **config: Any) -> None:
+        """``also``: more listening sockets for the same server (an admin listener)."""
         self.app = app
+        self._also = also or []
         self._sock = free_socket()
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -84,7 +86,7 @@ class ServerThread:
     def _run(self) -> None:
         async def serve() -> None:
             self.loop = asyncio.get_running_loop()
-            await self.server.serve(sockets=[self._sock])
+            await self.server.serve(sockets=[self._sock, *self._also])
 
         # uvloop, as ``fluxauth serve`` runs. (The plain asyncio loop sets
         # TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which ours is
@@ -125,7 +127,8 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=20)
-        self._sock.close()
+        for sock in (self._sock, *self._also):
+            sock.close()
 
     def __enter__(self) -> ServerThread:
         return self.start()
