@@ -34,7 +34,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -409,14 +408,9 @@ class ManagementApi:
                 raise Refused(422, "invalid", f"{safe_text(name, 40)}: given more than once", field=name)
             values[name] = value
         try:
-            query = model.model_validate(values)
+            return model.model_validate_strings(values)
         except ValidationError as exc:
             raise _validation_refusal(exc, where="query") from None
-        for name in ("since", "until"):  # a time without a zone is UTC
-            moment = getattr(query, name, None)
-            if moment is not None and moment.tzinfo is None:
-                setattr(query, name, moment.replace(tzinfo=UTC))
-        return query
 
     def _body(self, route: Route, raw: bytes, content_type: bytes | None) -> BaseModel | None:
         if route.body is None:

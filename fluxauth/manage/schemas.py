@@ -16,10 +16,10 @@ the audit query, which arrives as text, is read as text.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from fluxauth.config.durations import DURATION_PATTERN
 from fluxauth.manage.admin import IssuedToken, iso
@@ -44,6 +44,26 @@ Duration = Annotated[
 ]
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 MAX_GRANTS = 1000
+# RFC 3339's date-time, which JSON Schema's format names: pydantic alone would also take 0.5 or a date.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("expected an RFC 3339 date-time such as 2027-01-15T08:00:00Z")
+    return value
+
+
+def _digits(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 19):
+        raise ValueError("expected a whole number")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Count = Annotated[int, BeforeValidator(_digits)]  # in a query: digits only, not 5.0 or " 5"
 
 
 def stamp(timestamp: float) -> str:
@@ -97,11 +117,11 @@ class AuditQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(None, description="events at or after this time")
-    until: datetime | None = Field(None, description="events before this time")
+    since: Moment | None = Field(None, description="events at or after this time")
+    until: Moment | None = Field(None, description="events before this time")
     actor: str | None = Field(None, max_length=200, description="cli, or a key name@org")
-    before: int | None = Field(None, ge=1, le=2**62, description="the next page: events before this seq")
-    limit: int = Field(100, ge=1, le=1000)
+    before: Count | None = Field(None, ge=1, le=2**62, description="the next page: events before this seq")
+    limit: Count = Field(100, ge=1, le=1000)
 
 
 # -- answers ----------------------------------------------------------------------

@@ -8,30 +8,13 @@
 // "navigate" is opened afterwards as a top-level page: the control that proves a
 // challenge Chromium would prompt for is seen here (Fetch.authRequired).
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS, readInput } from "./chromium.mjs";
 
-const input = JSON.parse(await new Promise((resolve) => {
-  let text = "";
-  process.stdin.setEncoding("utf8");
-  process.stdin.on("data", (chunk) => { text += chunk; });
-  process.stdin.on("end", () => resolve(text));
-}));
+const input = await readInput();
 const timeoutMs = input.timeoutMs ?? 20000;
 
-// The machine's network is closed: without these flags Chromium stalls on its own
-// background traffic. playwright-core gives every launch a fresh --user-data-dir.
 // MapLibre needs WebGL: headless Chromium has it through ANGLE on SwiftShader.
-const args = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-angle=swiftshader",
-  "--enable-unsafe-swiftshader",
-];
+const args = [...CHROMIUM_ARGS, "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
 
 const report = {
   map: null,
