@@ -310,6 +310,9 @@ def _seconds(key: str, raw: object) -> int:
 
 def _listen(key: str, raw: object) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9100`` for IPv6): a listening address, the host an IP address."""
+    if isinstance(raw, tuple) and len(raw) == 2:  # its own output
+        host, port = raw
+        raw = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     text = _optional_text(key, raw)
     if text is None:
         return None
