@@ -46,17 +46,19 @@ def demo_route(upstream_port: int) -> dict[str, object]:
     return parsed
 
 
-def _prepare(settings: Settings, store_path: str) -> tuple[Settings, str]:
+def _prepare(settings: Settings, store_path: str) -> tuple[str, str]:
+    """The demo org, its services, a read key and an admin key (for the page); the two tokens."""
     store = open_store(store_path)
     try:
         admin = Admin(store, settings)
         admin.create_org("demo")
         admin.enable_service("demo", "tiles")
         admin.enable_service("demo", "wms")
-        issued = admin.create_key("demo", "viewer", permissions=["read"])
+        viewer = admin.create_key("demo", "viewer", permissions=["read"])
+        manager = admin.create_key("demo", "admin", permissions=["manage_org_users"])
     finally:
         store.close()
-    return settings, issued.token
+    return viewer.token, manager.token
 
 
 def run_demo(settings: Settings, *, port: int, upstream_port: int, store: str | None) -> None:
@@ -73,7 +75,7 @@ def run_demo(settings: Settings, *, port: int, upstream_port: int, store: str | 
         cors_allow_origins=settings.cors_allow_origins or ("*",),
         routes=parse_routes([*settings.routes, demo_route(upstream_port)], settings.protocols, redact_url),
     )
-    settings, token = _prepare(settings, store_path)
+    token, admin_token = _prepare(settings, store_path)
     base = f"http://127.0.0.1:{port}"
     store_flag = f"--store {shlex.quote(store_path)}"
     print(
@@ -94,6 +96,15 @@ behind fluxauth; its TileJSON names fluxauth's tiles, not the server's:
 
 {textwrap.indent(ROUTE.format(port=upstream_port), "  ")}
   curl -fsS -u demo:{token} {base}{TILEJSON_PATH}
+
+The org's API Clients page (sign in with organization demo and the admin key):
+
+  {base}/_fluxauth/ui/
+  admin key: {admin_token}
+
+The same through the management API:
+
+  curl -s -u demo:{admin_token} {base}/_fluxauth/api/v1/orgs/demo/keys
 
 Manage it from another terminal (the running server picks changes up within a second):
 

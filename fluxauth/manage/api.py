@@ -413,13 +413,17 @@ class ManagementApi:
             raise _validation_refusal(exc, where="query") from None
 
     def _body(self, route: Route, raw: bytes, content_type: bytes | None) -> BaseModel | None:
+        if content_type is not None and not _is_json(content_type):
+            # Even with no body: an HTML form always says its type, and none is
+            # JSON, so no other site's form can make a mutation (SECURITY.md).
+            raise Refused(415, "unsupported_media_type", "the body must be application/json")
         if route.body is None:
             if raw:
                 raise Refused(400, "bad_request", "this endpoint takes no body")
             return None
         if not raw:
             raw = b"{}"  # no body: every field takes its default
-        elif not _is_json(content_type):
+        elif content_type is None:
             raise Refused(415, "unsupported_media_type", "the body must be application/json")
         try:
             return route.body.model_validate_json(raw)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.clients import read_png
@@ -73,9 +74,26 @@ def test_demo_printed_curl_line_fetches_a_tile(tmp_path: Path) -> None:
         user = curl_line.split()[2:4]  # -u demo:TOKEN
         tile = subprocess.run(["curl", "-fsS", *user, template.format(z=1, x=1, y=0)], check=True, capture_output=True)
         assert tile.stdout.startswith(b"\x89PNG")
+        check_page_and_admin_key("".join(lines), port)
     finally:
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def check_page_and_admin_key(printed: str, port: int) -> None:
+    """The demo prints the page's URL and an admin key of the demo org that the API takes."""
+    page = re.search(r"(http://127\.0\.0\.1:\d+/_fluxauth/ui/)\s", printed)
+    key = re.search(r"admin key: (ema_\S+)", printed)
+    assert page is not None, printed
+    assert key is not None, printed
+    assert page.group(1) == f"http://127.0.0.1:{port}/_fluxauth/ui/"
+    client = httpx.Client(timeout=10)
+    shown = client.get(page.group(1))
+    assert shown.status_code == 200
+    assert "API key" in shown.text
+    keys = client.get(f"http://127.0.0.1:{port}/_fluxauth/api/v1/orgs/demo/keys", auth=("demo", key.group(1)))
+    assert keys.status_code == 200
+    assert {item["key"] for item in keys.json()} == {"admin@demo", "viewer@demo"}

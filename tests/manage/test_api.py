@@ -295,6 +295,16 @@ BAD: dict[str, Bad] = {
     "body-on-revoke": Bad(
         "POST", "orgs/acme/keys/reader/tokens/0123456789abcdef/revoke", 400, content=b"{}", headers=JSON
     ),
+    "form-revoke": Bad(
+        "POST",
+        "orgs/acme/keys/reader/tokens/0123456789abcdef/revoke",
+        415,
+        content=b"",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    "form-rotate": Bad(
+        "POST", "orgs/acme/keys/reader/rotate", 415, content=b"", headers={"Content-Type": "text/plain"}
+    ),
     "query-unknown": Bad("GET", "orgs/acme/audit?who=cli", 422, "who"),
     "query-limit": Bad("GET", "orgs/acme/audit?limit=0", 422, "limit"),
     "query-since": Bad("GET", "orgs/acme/audit?since=yesterday", 422, "since"),
