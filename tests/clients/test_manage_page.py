@@ -11,10 +11,8 @@ screenshot it takes is the README's (``docs/ui-api-clients.png``, written when
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,8 @@ from fluxauth.clock import FakeClock
 from fluxauth.manage.admin import Admin
 from tests.conftest import Proxy
 from tests.manage.conftest import TILE
+from tests.support.browser import run_driver
 
-BROWSER = Path(__file__).resolve().parent.parent / "browser"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -45,18 +43,8 @@ def report(admin: Admin, proxy: Proxy, clock: FakeClock, tmp_path: Path) -> dict
         "key": key,
         "tile": TILE.format(org="acme"),
         "screenshot": str(screenshot),
-        "timeoutMs": 20000,
     }
-    done = subprocess.run(
-        ["node", str(BROWSER / "manage.mjs")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
+    result = run_driver("manage.mjs", request, timeout=120)
     result["key"] = key
     if os.environ.get("FLUXAUTH_UPDATE_SCREENSHOTS"):  # the README's picture, taken anew on request
         shutil.copyfile(screenshot, DOCS / "ui-api-clients.png")

@@ -61,6 +61,21 @@ def other_origin(pages: ServerThread) -> str:
     return f"http://127.0.0.1:{pages.port}"
 
 
+def run_driver(script: str, request: dict[str, Any], *, timeout: float = 60) -> dict[str, Any]:
+    """Run one of tests/browser's Chromium drivers on ``request``; its JSON report."""
+    done = subprocess.run(
+        ["node", str(BROWSER / script)],
+        input=json.dumps({"timeoutMs": 20000, **request}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
 def open_map(
     tmp_path: Path, origin: str, fluxauth: str, token: str, navigate: str | None = None, snippet: str = XYZ_SNIPPET
 ) -> tuple[dict[str, Any], Image]:
@@ -68,16 +83,7 @@ def open_map(
     screenshot = tmp_path / "map.png"
     query = urlencode({"fluxauth": fluxauth, "token": token, "snippet": snippet})
     request = {"page": f"{origin}/map.html?{query}", "screenshot": str(screenshot), "navigate": navigate}
-    done = subprocess.run(
-        ["node", str(BROWSER / "drive.mjs")],
-        input=json.dumps({**request, "timeoutMs": 20000}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
+    report = run_driver("drive.mjs", request)
     assert report["map"] is not None, report
     assert not report["map"].get("timedOut"), report
     assert not report["pageErrors"], report
