@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +33,11 @@ class Split:
 
 def check_split(split: Split) -> None:
     """What either port answers: management only on the admin listener, data and forward-auth only on the proxy port."""
-    client = httpx.Client(timeout=10)
+    with httpx.Client(timeout=10) as client:
+        _check_split(split, client)
+
+
+def _check_split(split: Split, client: httpx.Client) -> None:
     for path in ADMIN_PATHS:
         assert client.get(split.admin + path).status_code == 200, path
         refused = client.get(split.proxy + path)
@@ -80,6 +85,7 @@ def served(admin: Admin, settings: Settings, store_path: str, tmp_path: Path) ->
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers with it, should it have to be killed
         )
     try:
         wait_for_port(port, process, log)
@@ -87,7 +93,11 @@ def served(admin: Admin, settings: Settings, store_path: str, tmp_path: Path) ->
         yield Split(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", boss, reader)
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: not what this test is about
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_admin_listener_with_workers(served: Split) -> None:
