@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
@@ -127,6 +128,22 @@ class ManualTimers:
         """Timers armed and not cancelled (some may be due only far ahead)."""
         with self._lock:
             return sum(1 for _, _, handle in self._due if not handle.cancelled)
+
+    def wait_armed(self, when: float, timeout: float = 10.0) -> None:
+        """Return once a timer due at ``when`` is armed: what a test waits for before it moves the time.
+
+        Work that arms a timer may first wait for something real (a thread's
+        argon2 verification, a socket): time moved before the timer exists
+        would not count towards it. Waits in real time, at most ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if any(due == when and not handle.cancelled for due, _, handle in self._due):
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no timer due at {when:g} was armed within {timeout:g} s")
+            time.sleep(0.001)
 
     def advance(self, seconds: float) -> None:
         """Move the time on by ``seconds``, running every timer that comes due on the way, in order."""

@@ -336,7 +336,7 @@ def test_limits_stalled_body_is_408(start: Start, starlette: StarletteReader, ke
     head = request_bytes(ECHO, [(b"Authorization", keys.writer), (b"Content-Length", b"100")], method=b"PUT")
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(head + b"only ten b")
-        front.server.settle(sock)
+        timers.wait_armed(timers.now + 30)  # the body's pause limit, armed once the key is verified
         timers.advance(29.9)
         assert still_open(sock)
         timers.advance(0.2)
@@ -364,6 +364,7 @@ def test_limits_trickled_body_is_408_at_its_pace(start: Start, starlette: Starle
     pool = front.app.forwarder.pool
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(head)
+        timers.wait_armed(timers.now + 30)  # the body's first wait, armed once the key is verified
         seconds = 0
         while seconds < 120 and still_open(sock):
             sock.sendall(b"x")
