@@ -16,7 +16,7 @@ The hierarchy::
     │   ├── BadRequest            the request cannot be handled as sent (400)
     │   │   ├── UnclearForwardAuth      forward-auth was not told which request it decides (400)
     │   │   ├── BadHost                the Host (or a trusted X-Forwarded-Host) is invalid or not served (400)
-    │   │   ├── UnwritableHost         a routed answer's URLs would name a Host that is no plain host (400)
+    │   │   ├── UnwritableHost         a routed answer names its URLs, and no Host was given to write them with (400)
     │   │   ├── UriTooLong             path and query over max_url_length (414)
     │   │   ├── BodyTooLarge           a body over max_request_body, declared or streamed (413)
     │   │   ├── HeadTooLarge           request line and headers over max_header_bytes (431)
@@ -125,9 +125,12 @@ class BadHost(BadRequest):
 
 
 class UnwritableHost(BadRequest):
-    """A routed response's self-URLs would name the client's Host, which is not a plain host and port.
+    """A routed response's self-URLs must name the public side, and the request gave nothing plain to name it by.
 
-    Refused rather than written into a document (quotes or markup in a Host header).
+    An HTTP/1.0 request without a Host, or a trusted proxy's
+    ``X-Forwarded-Proto`` that is neither http nor https: refused rather than
+    a document written with no host, or with what the proxy sent (the gate
+    has already refused a Host that is not one ``host[:port]``).
     """
 
 

@@ -27,6 +27,8 @@ REPO = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 REF = r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,199}"  # a branch, tag or commit id, one segment
 KEY = r"[a-z0-9][a-z0-9._-]{0,63}"
 PROTOCOL = r"[a-z0-9]{1,32}"
+# Where compute URLs live: /v1/services/{protocol}/{org}/{repo}/{ref}/{group...}/...
+SERVICES = b"/v1/services/"
 
 ORG_RULE = "lower-case letters, digits and '-' (at most 63)"
 REPO_RULE = "letters, digits, '.', '_' and '-' (at most 100)"

@@ -25,8 +25,8 @@ from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from fluxauth.config.routes import Pieces, Route
-from fluxauth.decision.target import PREFIX
 from fluxauth.errors import NotComputePath, PathError
+from fluxauth.names import SERVICES
 
 _MAX_DECODES = 4
 _FOUND_MAX = 10_000  # (protocol, org, repo) lookups remembered; forgotten all at once beyond
@@ -152,7 +152,7 @@ def _expand(route: Route, protocol: str, org: str, repo: str, ref: str, group: b
         f"{quote(name, safe='')}={quote('/'.join(_fill(part, values) for part in value), safe='')}"
         for name, value in route.query
     )
-    public = f"{PREFIX.decode()}{protocol}/{org}/{repo}/{ref}/{values['group'] + '/' if group else ''}{route.marker}/"
+    public = f"{SERVICES.decode()}{protocol}/{org}/{repo}/{ref}/{values['group'] + '/' if group else ''}{route.marker}/"
     return base.encode("ascii"), pinned.encode("ascii"), public.encode("ascii")
 
 

@@ -23,7 +23,7 @@ from fluxauth.errors import AmbiguousPath, NotComputePath
 if TYPE_CHECKING:
     from fluxauth.decision.routing import Routed, Routes
 
-PREFIX = b"/v1/services/"
+PREFIX = names.SERVICES
 
 # The four decided segments follow the name rules of fluxauth/names.py. An
 # org, repo or ref that is not a plain name (the repo rule: letters, digits,

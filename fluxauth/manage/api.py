@@ -1,7 +1,7 @@
 """The management API, ``/_fluxauth/api/v1/``: org admins manage their own org's keys, services and repos.
 
-Plain ASGI, like the rest of fluxauth, with a route table (``ROUTES``) that
-also writes ``openapi.json`` (``fluxauth.manage.openapi``). A request goes:
+Plain ASGI, like the rest of fluxauth, with a route table (``fluxauth.manage.routes``)
+that also writes ``openapi.json`` (``fluxauth.manage.openapi``). A request goes:
 
 1. the route, by method and path (404, 405); ``openapi.json`` needs no credentials;
 2. a cross-site browser request (``Sec-Fetch-Site``) is refused (403): no
@@ -48,6 +48,8 @@ from fluxauth.decision.request import RequestHead, check_framing
 from fluxauth.errors import BadRequest, Conflict, InputError, NotFound, Refusal, StoreUnavailable
 from fluxauth.manage import schemas
 from fluxauth.manage.admin import Actor, Admin
+from fluxauth.manage.openapi import openapi_document
+from fluxauth.manage.routes import MAX_BODY, PREFIX, ROUTES, TOKEN_ID, Route
 from fluxauth.manage.schemas import (
     AuditEventView,
     AuditQuery,
@@ -68,12 +70,9 @@ from fluxauth.types import Headers, Receive, Scope, Send
 
 log = logging.getLogger("fluxauth.manage")
 
-PREFIX = "/_fluxauth/api/v1"
-MAX_BODY = 64 * 1024
 # Mutations waiting for the management thread (each hashes a token with argon2): beyond, 503.
 MAX_PENDING_ACTIONS = 16
 MANAGE_PERMISSION: Permission = "manage_org_users"
-TOKEN_ID = r"^[0-9a-f]{16}$"  # noqa: S105 (the pattern of token ids, not a secret)
 _TOKEN_ID = re.compile(TOKEN_ID)
 
 
@@ -100,74 +99,6 @@ _PATTERN_RULES = {
 }
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Route:
-    """One operation: what it matches, takes and answers (read by ``openapi.py`` too)."""
-
-    method: str
-    path: str  # relative to PREFIX, "{param}" segments
-    name: str  # the operationId, and the handler ``ManagementApi.<name>``
-    action: str  # in the audit log
-    summary: str
-    status: int = 200
-    body: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    answer: Any = None  # a model, list[model], or None (no content)
-    errors: tuple[int, ...] = ()  # beyond those every org route has
-
-    @property
-    def mutates(self) -> bool:
-        return self.method != "GET"
-
-    @property
-    def segments(self) -> tuple[str, ...]:
-        return tuple(self.path.split("/"))
-
-    @property
-    def params(self) -> list[str]:
-        return [part[1:-1] for part in self.segments if part.startswith("{")]
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "orgs/{org}/keys", "list_keys", "keys.list", "The org's keys", answer=list[KeyView]),
-    Route(
-        "POST", "orgs/{org}/keys", "create_key", "keys.create", "Create a key and its first token",
-        status=201, body=NewKey, answer=IssuedView, errors=(409,),
-    ),
-    Route("GET", "orgs/{org}/keys/{name}", "get_key", "keys.get", "One key", answer=KeyView),
-    Route(
-        "DELETE", "orgs/{org}/keys/{name}", "delete_key", "keys.delete", "Delete a key: all its tokens stop working",
-        status=204,
-    ),
-    Route(
-        "POST", "orgs/{org}/keys/{name}/rotate", "rotate_key", "keys.rotate",
-        "A new token; the previous ones stay valid for the grace", body=Rotation, answer=IssuedView,
-    ),
-    Route(
-        "POST", "orgs/{org}/keys/{name}/tokens/{token_id}/revoke", "revoke_token", "keys.revoke-token",
-        "End a rotated-out token's grace now", status=204, errors=(409,),
-    ),
-    Route("GET", "orgs/{org}/services", "list_services", "services.list", "Every protocol's service",
-          answer=list[ServiceView]),
-    Route("GET", "orgs/{org}/services/{protocol}", "get_service", "services.get", "One service", answer=ServiceView),
-    Route(
-        "PUT", "orgs/{org}/services/{protocol}", "set_service", "services.set", "Enable, disable, make public",
-        body=ServiceSettings, answer=ServiceView,
-    ),
-    Route("GET", "orgs/{org}/repos", "list_repos", "repos.list", "Repos whose visibility was set",
-          answer=list[RepoView]),
-    Route("GET", "orgs/{org}/repos/{repo}", "get_repo", "repos.get", "One repo's visibility", answer=RepoView),
-    Route(
-        "PUT", "orgs/{org}/repos/{repo}", "set_repo", "repos.visibility", "Set a repo's visibility",
-        body=RepoSettings, answer=RepoView,
-    ),
-    Route(
-        "GET", "orgs/{org}/audit", "list_audit", "audit.list", "The org's audit log, newest first, paged",
-        query=AuditQuery, answer=list[AuditEventView],
-    ),
-)  # fmt: skip
 
 
 class Refused(Refusal):
@@ -307,8 +238,6 @@ class ManagementApi:
         self.openapi = b""
 
     def start(self) -> None:
-        from fluxauth.manage.openapi import openapi_document
-
         # One action at a time, below the event loop's priority: each hashes a new token with argon2.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fluxauth-manage", initializer=yield_to_the_event_loop)
         self.openapi = schemas.json_bytes(openapi_document(self.settings))

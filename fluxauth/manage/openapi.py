@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from fluxauth.config.settings import Settings
-from fluxauth.manage.api import MAX_BODY, PREFIX, ROUTES, TOKEN_ID, Route
+from fluxauth.manage.routes import MAX_BODY, PREFIX, ROUTES, TOKEN_ID, Route
 from fluxauth.manage.schemas import ErrorView
 from fluxauth.names import KEY_SCHEMA, ORG_SCHEMA, REPO_SCHEMA
 

@@ -198,7 +198,7 @@ class Rewrite:
         if self._urls is None:
             urls = self._make_urls()
             if urls is None:
-                raise UnwritableHost("the Host header is not a plain host name and port")
+                raise UnwritableHost("this answer names its URLs, and the request gave no plain Host to name them by")
             self._urls = urls
         return self._urls
 

@@ -30,12 +30,15 @@ is paused meanwhile, so nothing piles up in memory).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from fluxauth.decision.policy import Outcome
 from fluxauth.decision.request import RequestHead
@@ -46,13 +49,10 @@ from fluxauth.proxy.app import DECISION, FluxAuthApp
 from fluxauth.proxy.forward import client_of, log_unmappable, partition_of
 from fluxauth.proxy.responses import error_headers, own_headers, refusal_body
 from fluxauth.proxy.selfurls import Rewrite
-from fluxauth.timers import TimerHandle
+from fluxauth.timers import TimerHandle, Timers
 from fluxauth.types import Headers
 from fluxauth.upstream.connection import Connection
 from fluxauth.upstream.framing import Head
-
-if TYPE_CHECKING:
-    from fluxauth.server.protocol import LimitedHttpToolsProtocol
 
 log = logging.getLogger("fluxauth.forward")
 
@@ -62,6 +62,33 @@ _NO_BODY = frozenset({204, 304})
 # pinned in server/pins.py), so that a fault of fluxauth's own reads the same on both paths.
 INTERNAL_ERROR_HEADERS: Headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 INTERNAL_ERROR_BODY = b"Internal Server Error"
+
+
+class SpliceHost(Protocol):
+    """What the hot path needs of a connection's protocol: ``LimitedHttpToolsProtocol`` (``protocol.py``).
+
+    Named here, as a protocol, so that the arrow runs one way: the connection's
+    protocol offers each request to the hot path, which knows it only by this.
+    """
+
+    splice: Splice | None
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def server_state(self) -> ServerState: ...
+
+    @property
+    def pipeline(self) -> deque[Any]: ...
+
+    @property
+    def timers(self) -> Timers: ...
+
+    def run_asgi(self, cycle: RequestResponseCycle) -> None: ...
 
 
 class HotPath:
@@ -75,7 +102,7 @@ class HotPath:
         self.pool = app.forwarder.pool
         self.send_timeout = app.settings.send_timeout
 
-    def serve(self, protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> bool:
+    def serve(self, protocol: SpliceHost, cycle: RequestResponseCycle) -> bool:
         """Answer ``cycle``'s request here if it is on the hot path; ``False`` leaves it to the ASGI app.
 
         Called once the parser has returned (``LimitedHttpToolsProtocol``),
@@ -156,15 +183,13 @@ def hot_path_of(app: object) -> HotPath | None:
     return hot
 
 
-def respond(
-    protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle, status: int, headers: Headers, body: bytes
-) -> None:
+def respond(protocol: SpliceHost, cycle: RequestResponseCycle, status: int, headers: Headers, body: bytes) -> None:
     """Write a whole answer of fluxauth's own and end the request, as uvicorn's ``send`` would."""
     protocol.transport.write(_head(protocol, cycle, status, headers) + body)
     _complete(protocol, cycle)
 
 
-def _head(protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle, status: int, headers: Headers) -> bytes:
+def _head(protocol: SpliceHost, cycle: RequestResponseCycle, status: int, headers: Headers) -> bytes:
     lines = [STATUS_LINE[status]]
     for name, value in protocol.server_state.default_headers:
         lines += (name, b": ", value, b"\r\n")
@@ -177,7 +202,7 @@ def _head(protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle, statu
     return b"".join(lines)
 
 
-def _complete(protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+def _complete(protocol: SpliceHost, cycle: RequestResponseCycle) -> None:
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:
@@ -215,7 +240,7 @@ class Splice:
     def __init__(
         self,
         hot: HotPath,
-        protocol: LimitedHttpToolsProtocol,
+        protocol: SpliceHost,
         cycle: RequestResponseCycle,
         upstream: Connection,
         *,

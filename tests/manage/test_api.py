@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from fluxauth.config.settings import Settings
-from fluxauth.manage.api import MAX_BODY, ROUTES
+from fluxauth.manage.routes import MAX_BODY, ROUTES
 from tests.conftest import ProxyFactory
 from tests.manage.conftest import API, TILE, Orgs
 from tests.support.servers import redis_url

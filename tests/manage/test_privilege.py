@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fluxauth.manage.api import ROUTES, Route
+from fluxauth.manage.routes import ROUTES, Route
 from tests.manage.conftest import Orgs
 from tests.manage.test_api import fill
 
