@@ -173,9 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keeping_old_names(view: dict[str, Any]) -> dict[str, Any]:
+    """A key's JSON as the API writes it, with ``repo_grants`` too: what ``--json`` printed before the API."""
+    return {**view, "repo_grants": view["repos"]}
+
+
 def _issued(issued: IssuedToken, as_json: bool) -> None:
-    # --json: the management API's answer to create and rotate, field for field.
-    print(json.dumps(dump(IssuedView.of(issued))) if as_json else issued.token)
+    # --json: the management API's answer to create and rotate, field for field (and the old name).
+    print(json.dumps(_keeping_old_names(dump(IssuedView.of(issued)))) if as_json else issued.token)
 
 
 def _tokens(key: KeyRecord) -> str:
@@ -219,7 +224,7 @@ def _run_admin(args: argparse.Namespace, admin: Admin) -> None:
     elif command == ("keys", "list"):
         keys = admin.list_keys(args.org)
         if args.json:
-            print(json.dumps(dump([KeyView.of(key) for key in keys])))
+            print(json.dumps([_keeping_old_names(view) for view in dump([KeyView.of(key) for key in keys])]))
         else:
             for key in keys:
                 grants = ",".join(f"{repo}={access}" for repo, access in sorted(key.repo_grants.items())) or "-"

@@ -240,6 +240,8 @@ def test_keys_create_json_all_options(world: World) -> None:
     issued = json.loads(result.stdout)
     assert {"token", "key", "token_id", "expires_at"} <= set(issued)
     assert issued["key"] == "bot@acme"
+    # The API's name, and the one --json printed before the API (scripts read it).
+    assert issued["repos"] == issued["repo_grants"] == {"era5": "read", "gfs": "write"}
     assert TOKEN_LINE.fullmatch(issued["token"] + "\n")
     assert issued["token"].startswith(f"ema_{issued['token_id']}_")
     key = world.key("bot")
@@ -279,6 +281,7 @@ def test_keys_list_never_shows_secrets(world: World) -> None:
     listed = {item["key"]: item for item in json.loads(as_json.stdout)}
     assert sorted(listed) == ["ci@acme", "long@acme"]
     assert listed["ci@acme"]["permissions"] == ["read"]
+    assert listed["ci@acme"]["repos"] == listed["ci@acme"]["repo_grants"] == {}
     assert [t["token_id"] for t in listed["ci@acme"]["tokens"]] == [t.token_id for t in world.key().tokens]
     assert "ci@acme" in text.stdout
     assert "tokens=2" in text.stdout
