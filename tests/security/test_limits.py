@@ -181,6 +181,10 @@ def test_limits_bare_crlf_between_requests_does_not_hold_the_connection(start: S
             assert still_open(sock)
         timers.advance(1.1)
         assert read_all(sock) == b""  # closed at 5 s, with no answer owed
+    print(
+        f"{filler!r} after a response, then silence: closed at the 5 s keep-alive timeout (driven time)"
+        " (before: never; 200 such connections held for 40 s, 3 for 150 s)"
+    )
     # A head begun after the CRLF has the head's own deadline: 408 at 10 s from its first byte.
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(b"GET /_fluxauth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")

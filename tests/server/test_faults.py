@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
+from types import FrameType
+from typing import Any
 
 import pytest
 
 import fluxauth.proxy.forward
-from fluxauth.server.hotpath import Splice
+from fluxauth.server.hotpath import HotPath, Splice
 from fluxauth.server.protocol import LimitedHttpToolsProtocol
 from fluxauth.upstream.framing import ResponseFraming
 from tests.conftest import ProxyFactory
@@ -55,6 +58,12 @@ def get(proxy: Proxy, token: str) -> bytes:
         return read_all(sock)
 
 
+# httptools calls these on the protocol from inside feed_data.
+PARSER_CALLBACKS = frozenset(
+    {"on_message_begin", "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete"}
+)
+
+
 def status_of(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
 
@@ -78,6 +87,39 @@ def warm(proxy: Proxy, token: str) -> None:
     """The credential verified and an upstream connection idle: the next request takes the hot path."""
     assert status_of(get(proxy, token)) == 200
     assert proxy.app.hot_path["forward"] == 0
+
+
+def test_fault_the_hot_path_runs_after_the_parser_returns(
+    proxy: Proxy, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path is entered once ``feed_data`` has returned, never from a parser callback beneath it.
+
+    Before (issue 11, item 4), the hot path ran inside ``on_headers_complete``,
+    so an exception of its own came out of httptools as the client's malformed
+    request. Looked at for a request alone and for two pipelined in one read.
+    """
+    warm(proxy, token)
+    callers: list[set[str]] = []
+    serve = HotPath.serve
+
+    def watched(hot: HotPath, protocol: Any, cycle: Any) -> bool:
+        frame: FrameType | None = sys._getframe(1)
+        names = set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        callers.append(names)
+        return serve(hot, protocol, cycle)
+
+    monkeypatch.setattr(HotPath, "serve", watched)
+    assert status_of(get(proxy, token)) == 200
+    one = b"GET " + TILE + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic_value("acme", token) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.server.port), timeout=10) as sock:
+        sock.sendall(one + b"\r\n" + one + b"Connection: close\r\n\r\n")
+        assert read_all(sock).count(b"HTTP/1.1 200") == 2
+    assert len(callers) == 3
+    assert proxy.app.hot_path["forward"] >= 2
+    assert [names & PARSER_CALLBACKS for names in callers] == [set()] * 3
 
 
 def test_fault_in_the_hot_path_decision_goes_to_the_asgi_app(

@@ -790,11 +790,22 @@ def test_upstream_connection_is_not_reused_after_a_request_body() -> None:
 
     The CL.0 smuggling of issue 10, item 3: the body held a whole request with
     forged identity headers; on a reused connection the next client got its answer.
+    The upstream answers in order, each request once the one after it arrived:
+    no byte of the smuggled request's answer reaches the idle connection to
+    give it away, so only the rule that a connection which carried a body is
+    not reused keeps it from the next request.
     """
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        if number == 0:
+            post = await reader.readuntil(b"\r\n\r\n")  # a body is never read: it is "the next request"
+            writer.write(ok(b"answer to " + post.split(b" ")[1]))
+            smuggled_head = await reader.readuntil(b"\r\n\r\n")
+            following = await reader.readuntil(b"\r\n\r\n")  # only if the connection was reused
+            for head in (smuggled_head, following):
+                writer.write(ok(b"answer to " + head.split(b" ")[1]))
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")  # a body is never read: it is "the next request"
+            head = await reader.readuntil(b"\r\n\r\n")
             writer.write(ok(b"answer to " + head.split(b" ")[1]))
 
     smuggled = b"GET /v1/services/tiles/other/secret/main/y HTTP/1.1\r\nhost: u\r\nx-fluxauth-org: other\r\n\r\n"
