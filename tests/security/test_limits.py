@@ -330,17 +330,26 @@ def test_limits_streamed_body_over_the_limit_is_cut_off(start: Start, starlette:
     assert [len(body) for _, _, _, body in starlette.received] == [100_000]
 
 
+# The tests of a body's timeouts wait for the body's first timer (due 30 s on) before they move the
+# time: the key is verified in a thread and the upstream connection is made first, in real time, and
+# time moved meanwhile would not count towards the body's limits (or would run out the 5 s connect
+# deadline instead: a 504). The forwarder's watch on the client (send_timeout) is armed before the
+# connection is made, so it must not be due at the same time, or the wait would find it instead.
+BODY_WAIT = 30
+
+
 def test_limits_stalled_body_is_408(start: Start, starlette: StarletteReader, keys: Keys) -> None:
     """A client that stops sending its body for ``client_body_timeout`` gets 408; the upstream gets no request.
 
     Defence: ``forward._BodyReader``'s pause limit (uvicorn has none).
     """
     timers = ManualTimers()
-    front = start(timers=timers, upstream=starlette.url)  # client_body_timeout: the default 30 s
+    # client_body_timeout: the default 30 s; send_timeout (the default 30 s too) moved apart (BODY_WAIT)
+    front = start(timers=timers, upstream=starlette.url, send_timeout=45.0)
     head = request_bytes(ECHO, [(b"Authorization", keys.writer), (b"Content-Length", b"100")], method=b"PUT")
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(head + b"only ten b")
-        timers.wait_armed(timers.now + 30)  # the body's pause limit, armed once the key is verified
+        timers.wait_armed(timers.now + BODY_WAIT)  # the body's pause limit, armed once the key is verified
         timers.advance(29.9)
         assert still_open(sock)
         timers.advance(0.2)
@@ -363,12 +372,12 @@ def test_limits_trickled_body_is_408_at_its_pace(start: Start, starlette: Starle
     connection it held is closed.
     """
     timers = ManualTimers()
-    front = start(timers=timers, upstream=starlette.url)
+    front = start(timers=timers, upstream=starlette.url, send_timeout=45.0)  # apart from the body's 30 s (BODY_WAIT)
     head = request_bytes(ECHO, [(b"Authorization", keys.writer), (b"Content-Length", b"1000000")], method=b"PUT")
     pool = front.app.forwarder.pool
     with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
         sock.sendall(head)
-        timers.wait_armed(timers.now + 30)  # the body's first wait, armed once the key is verified
+        timers.wait_armed(timers.now + BODY_WAIT)  # the body's first wait, armed once the key is verified
         seconds = 0
         while seconds < 120 and still_open(sock):
             sock.sendall(b"x")
