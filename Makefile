@@ -22,7 +22,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 # The stock tile servers the route tests run behind fluxauth (TiTiler, xpublish with
-# xpublish-tiles and xpublish-wms) in .venv-stock, Python >= 3.12, pinned by
+# xpublish-tiles and xpublish-wms, MapProxy) in .venv-stock, Python >= 3.12, pinned by
 # tests/stock/requirements.txt; rebuilt only when that file changes (about 2-3 minutes).
 stock-servers:
 	@scripts/stock-servers.sh

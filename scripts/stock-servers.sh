@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The stock tile servers the route tests run behind fluxauth (TiTiler, xpublish with
-# xpublish-tiles and xpublish-wms), in a virtual environment of their own: .venv-stock.
+# xpublish-tiles and xpublish-wms, MapProxy under gunicorn), in a virtual environment of
+# their own: .venv-stock.
 #
 # They need Python >= 3.12 (xpublish-tiles 0.12), while fluxauth's own .venv runs on
 # the machine's python3. The environment is rebuilt only when
@@ -42,7 +43,7 @@ if [ -z "$python" ] || ! usable "$python"; then
   exit 1
 fi
 
-echo "stock-servers: building $venv with $("$python" --version) (TiTiler, xpublish, xpublish-tiles, xpublish-wms)" >&2
+echo "stock-servers: building $venv with $("$python" --version) (TiTiler, xpublish, xpublish-tiles, xpublish-wms, MapProxy)" >&2
 started=$SECONDS
 rm -rf "$venv"
 "$python" -m venv "$venv"
@@ -54,6 +55,6 @@ if ! "$venv/bin/pip" install --quiet --no-deps -r "$requirements" 2>"$venv.log";
   exit 1
 fi
 rm -f "$venv.log"
-"$venv/bin/python" -c 'import titiler.application.main, xpublish, xpublish_tiles, xpublish_wms, rasterio, zarr'
+"$venv/bin/python" -c 'import titiler.application.main, xpublish, xpublish_tiles, xpublish_wms, rasterio, zarr, mapproxy.multiapp, gunicorn'
 echo "$want" >"$stamp"
 echo "stock-servers: ready in $((SECONDS - started)) s" >&2

@@ -10,6 +10,12 @@ Every dataset under ``/datasets/{name}/``: ``tiles/`` and ``wms`` (xpublish-tile
 from __future__ import annotations
 
 import argparse
+import os
+
+# xpublish-tiles' WMS models name their attributes "xlink:href", which pydantic-xml's
+# lxml backend refuses (a 500 for GetCapabilities): the standard library's, whenever
+# lxml is installed too (MapProxy needs it, OWSLib too). Before pydantic-xml is imported.
+os.environ.setdefault("FORCE_STD_XML", "true")
 
 import xarray as xr
 import xpublish

@@ -1,4 +1,4 @@
-"""The stock tile servers (TiTiler, xpublish with xpublish-tiles and xpublish-wms), run as operators run them.
+"""The stock tile servers (TiTiler, xpublish with xpublish-tiles and xpublish-wms, MapProxy), run as operators run them.
 
 They live in ``.venv-stock`` (Python >= 3.12, ``scripts/stock-servers.sh``, which
 ``make test`` runs and ``ensure_stock_venv`` runs again, doing nothing when it is
@@ -8,7 +8,10 @@ line, serving data that ``tests/stock/make_data.py`` writes:
 - TiTiler: ``uvicorn titiler.application.main:app``; a COG at
   ``{data}/cogs/acme/era5/main/surface.tif``, named by a route's pinned ``url``;
 - xpublish: ``tests/stock/xpublish_server.py`` with datasets ``era5``, ``gfs``
-  and ``secret`` (``/datasets`` lists them all: no route may reach it).
+  and ``secret`` (``/datasets`` lists them all: no route may reach it);
+- MapProxy: ``gunicorn "mapproxy.multiapp:make_wsgi_app('{data}/mapproxy')"``,
+  its WSGI app for a directory of projects, ``basemap`` and ``secret``, each at
+  ``/{project}/`` (``/`` lists them all: no route may reach it, nor ``secret``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class StockServers:
     data: Path
     titiler: str  # http://127.0.0.1:port
     xpublish: str
+    mapproxy: str
 
     @property
     def cog(self) -> Path:
@@ -63,17 +67,18 @@ class StockServers:
                 "upstream": f"{self.xpublish}/datasets/{{repo}}/wms/{{path}}",
             },
             {"protocol": "wms", "org": "acme", "upstream": f"{self.xpublish}/datasets/{{repo}}/cfwms/{{path}}"},
+            {"protocol": "wms", "org": "acme", "repo": "basemap", "upstream": f"{self.mapproxy}/{{repo}}/{{path}}"},
         ]
 
 
 @contextlib.contextmanager
 def running_stock_servers(workdir: Path) -> Iterator[StockServers]:
-    """Write the data, start TiTiler and xpublish side by side, and stop both at the end."""
+    """Write the data, start TiTiler, xpublish and MapProxy side by side, and stop them at the end."""
     ensure_stock_venv()
     data = workdir / "data"
     subprocess.run([str(PYTHON), str(STOCK / "make_data.py"), str(data)], check=True, timeout=300, capture_output=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    titiler_port, xpublish_port = free_port(), free_port()
+    titiler_port, xpublish_port, mapproxy_port = free_port(), free_port(), free_port()
     titiler_args = [
         str(VENV / "bin" / "uvicorn"),
         "titiler.application.main:app",
@@ -92,11 +97,37 @@ def running_stock_servers(workdir: Path) -> Iterator[StockServers]:
         f"gfs={zarr}",
         f"secret={zarr}",
     ]
-    titiler_log, xpublish_log = workdir / "titiler.log", workdir / "xpublish.log"
+    mapproxy_args = [str(VENV / "bin" / "gunicorn"), *mapproxy_options(mapproxy_port, data / "mapproxy")]
+    titiler_log, xpublish_log, mapproxy_log = (workdir / f"{name}.log" for name in ("titiler", "xpublish", "mapproxy"))
     with (
         started_process(titiler_args, titiler_log, env, cwd=workdir) as titiler,
         started_process(xpublish_args, xpublish_log, env, cwd=workdir) as xpublish,
+        started_process(mapproxy_args, mapproxy_log, env, cwd=workdir) as mapproxy,
     ):
         wait_for_port(titiler_port, titiler, titiler_log, timeout=START_TIMEOUT)
         wait_for_port(xpublish_port, xpublish, xpublish_log, timeout=START_TIMEOUT)
-        yield StockServers(data, f"http://127.0.0.1:{titiler_port}", f"http://127.0.0.1:{xpublish_port}")
+        wait_for_port(mapproxy_port, mapproxy, mapproxy_log, timeout=START_TIMEOUT)
+        yield StockServers(
+            data,
+            f"http://127.0.0.1:{titiler_port}",
+            f"http://127.0.0.1:{xpublish_port}",
+            f"http://127.0.0.1:{mapproxy_port}",
+        )
+
+
+def mapproxy_options(port: int, projects: Path) -> list[str]:
+    """gunicorn's arguments for MapProxy's projects directory, as the README gives them.
+
+    gunicorn (MapProxy's documented production server; ``mapproxy-util
+    serve-develop`` is for development and runs a reloader process) calls the
+    app factory with the directory; ``--no-control-socket``: gunicorn 27 would
+    otherwise open one in ``~/.gunicorn``, shared by every gunicorn of the user.
+    """
+    return [
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--threads",
+        "4",
+        "--no-control-socket",
+        f"mapproxy.multiapp:make_wsgi_app({str(projects)!r})",
+    ]
