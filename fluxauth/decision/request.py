@@ -96,7 +96,9 @@ class RequestHead:
     @property
     def has_body(self) -> bool:
         """Whether a body follows the head (after ``check_framing``)."""
-        return bool(self.transfer_encoding) or (self.body_length or 0) > 0
+        if self.transfer_encoding:
+            return True
+        return bool(self.content_length) and (self.body_length or 0) > 0
 
 
 def check_framing(head: RequestHead, *, max_url_length: int) -> None:

@@ -71,6 +71,9 @@ class _Part(enum.Enum):
     DONE = "done"  # the response is complete; any further byte is surplus
 
 
+_HEAD, _BODY, _DONE = _Part.HEAD, _Part.BODY, _Part.DONE  # as globals: cheaper to read (connection.py)
+
+
 class _Stop(Exception):
     """Raised from a callback to stop llhttp: the response failed, or what follows it is surplus."""
 
@@ -81,7 +84,7 @@ class ResponseFraming:
     def __init__(self, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.max_header_bytes = max_header_bytes
         self._parser = httptools.HttpResponseParser(self)
-        self._part = _Part.DONE
+        self._part = _DONE
         self._head_only = False
         self._fresh = True  # the parser has read nothing it did not finish
         self._events: list[Event] = []
@@ -97,7 +100,7 @@ class ResponseFraming:
         if not self._fresh:
             self._parser = httptools.HttpResponseParser(self)
         self._fresh = not head_only  # llhttp would wait for the body a HEAD response's length announces
-        self._part = _Part.HEAD
+        self._part = _HEAD
         self._head_only = head_only
         self._headers = []
         self._head_bytes = 0
@@ -107,11 +110,11 @@ class ResponseFraming:
 
     def feed(self, data: bytes) -> list[Event]:
         """The events that ``data`` completes; raises ``UpstreamBroken`` if the response cannot be read."""
-        if self._part is _Part.DONE:
+        if self._part is _DONE:
             self.surplus = True
             return []
         self.started = True
-        if self._part is _Part.HEAD:
+        if self._part is _HEAD:
             self._head_bytes += len(data)
         events = self._events = []
         try:
@@ -129,21 +132,21 @@ class ResponseFraming:
             if not self.complete:
                 raise UpstreamBroken(f"the upstream's response cannot be parsed: {exc}") from exc
             self.surplus = True  # what follows a whole response is not HTTP: dropped with the connection
-        if self._part is _Part.HEAD and self._head_bytes > self.max_header_bytes:
+        if self._part is _HEAD and self._head_bytes > self.max_header_bytes:
             raise UpstreamBroken(f"the upstream's response head is longer than {self.max_header_bytes} bytes")
         return events
 
     @property
     def complete(self) -> bool:
         """The response is complete (what arrives from now on is surplus)."""
-        return self._part is _Part.DONE
+        return self._part is _DONE
 
     def feed_eof(self) -> list[Event]:
         """The connection closed cleanly: the end of a body that lasts until then, else ``UpstreamBroken``."""
-        if self._part is _Part.DONE:
+        if self._part is _DONE:
             return []
-        if self._part is _Part.BODY and self._until_close:
-            self._part = _Part.DONE
+        if self._part is _BODY and self._until_close:
+            self._part = _DONE
             return [END]
         raise UpstreamBroken("the upstream closed the connection mid-response")
 
@@ -154,7 +157,7 @@ class ResponseFraming:
         raise _Stop
 
     def on_message_begin(self) -> None:
-        if self._part is _Part.DONE:
+        if self._part is _DONE:
             # A second answer in the same read as the first: nobody asked for it.
             self.surplus = True
             self._fresh = False
@@ -177,36 +180,38 @@ class ResponseFraming:
         if status > 599:
             self._fail(f"the upstream answered with status {status}")
         headers = self._headers
-        names = {name for name, _ in headers}
-        chunked = b"transfer-encoding" in names
-        if chunked:
-            codings = [value for name, value in headers if name == b"transfer-encoding"]
-            if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
-                self._fail("the upstream used a transfer coding other than chunked")
+        chunked = has_length = False
+        for name, value in headers:  # one pass, no comprehension: once per response of the hot path
+            if name == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    self._fail("the upstream used a transfer coding other than chunked")
+                chunked = True
+            elif name == b"content-length":
+                has_length = True
         if status in _NO_LENGTH:
             headers = [(name, value) for name, value in headers if name != b"content-length"]
         elif not self._head_only and not chunked:
-            self._until_close = b"content-length" not in names
+            self._until_close = not has_length
         self._events.append(_head(Head, (status, headers, self._parser.should_keep_alive())))
         if self._head_only:
             self._events.append(END)
-            self._part = _Part.DONE
+            self._part = _DONE
         else:
-            self._part = _Part.BODY
+            self._part = _BODY
 
     def _head_size(self) -> int:
         """The head's size as sent, give or take the status line's reason phrase."""
         return len(b"HTTP/1.1 200 \r\n\r\n") + sum(len(name) + len(value) + 4 for name, value in self._headers)
 
     def on_body(self, body: bytes) -> None:
-        if self._part is _Part.BODY:
+        if self._part is _BODY:
             self._events.append(body)
         else:  # a body to a HEAD request
             self.surplus = True
             raise _Stop
 
     def on_message_complete(self) -> None:
-        if self._part is _Part.BODY:
+        if self._part is _BODY:
             self._events.append(END)
-            self._part = _Part.DONE
+            self._part = _DONE
         # else: the end of an interim answer, or of the body a HEAD response announced
