@@ -23,7 +23,6 @@ from fluxauth.errors import AmbiguousPath, NotComputePath
 if TYPE_CHECKING:
     from fluxauth.decision.routing import Routed, Routes
 
-PREFIX = names.SERVICES
 
 # The four decided segments follow the name rules of fluxauth/names.py. An
 # org, repo or ref that is not a plain name (the repo rule: letters, digits,
@@ -131,11 +130,11 @@ def parse_target(
     With ``routes``, the ``Target`` carries its route's upstream request (``routed``), built
     from ``query`` too (pinned parameters), once the path passed every check here.
     """
-    if not raw_path.startswith(PREFIX):
+    if not raw_path.startswith(names.SERVICES):
         raise NotComputePath("not a compute URL")
     if _CONTROL.search(raw_path) or not raw_path.isascii():
         raise AmbiguousPath("control characters, backslashes or raw non-ASCII bytes in the path")
-    parts = raw_path[len(PREFIX) :].split(b"/", 4)
+    parts = raw_path[len(names.SERVICES) :].split(b"/", 4)
     if len(parts) < 4:
         raise NotComputePath("a compute URL names /{protocol}/{org}/{repo}/{ref}")
     protocol, org, repo, ref = parts[:4]

@@ -100,7 +100,7 @@ def accept_decodable(values: tuple[bytes, ...]) -> bytes:
 
 def client_of(trust: ProxyTrust, peer: str | None, forwarded_for: bytes | None) -> str:
     """Whose share of the upstream connections a request takes: its client's address, an IPv6 client's /64."""
-    address = peer if forwarded_for is None and peer is not None else trust.client(peer, forwarded_for)
+    address = trust.client(peer, forwarded_for)
     return client_subject(address) if ":" in address else address
 
 

@@ -190,19 +190,9 @@ class UpstreamPool:
 
     def take_idle(self, origin: Origin, partition: Hashable = None, client: Hashable = None) -> Connection | None:
         """An idle connection to ``origin`` for ``partition`` that is fresh and clean, if there is one at once."""
-        # _grant's first half, written out: the hot path's one call into the pool before the request goes out.
-        held = self._held
-        if client is not None and held.get(client, 0) >= self.client_limit:
+        if client is not None and self._held.get(client, 0) >= self.client_limit:
             return None
-        connection = self._pop_idle(origin, partition)
-        if connection is None:
-            return None
-        self._take(connection, partition, client)
-        load = self._load
-        load[partition] = load.get(partition, 0) + 1
-        if client is not None:
-            held[client] = held.get(client, 0) + 1
-        return connection
+        return self._reuse(origin, partition, client)
 
     def send_to(self, connection: Connection, head: bytes, sink: Sink, *, head_only: bool) -> None:
         """Send a bodiless request on a connection from ``take_idle``; its response goes to ``sink``."""
@@ -234,20 +224,26 @@ class UpstreamPool:
 
     # -- who gets a connection -------------------------------------------------------
 
-    def _grant(self, origin: Origin, partition: Hashable, client: Hashable, *, open_new: bool = True) -> Grant | None:
+    def _grant(self, origin: Origin, partition: Hashable, client: Hashable) -> Grant | None:
         """A connection (or room to open one) for a request, counted as theirs; ``None`` if they must wait."""
         if client is not None and self._held.get(client, 0) >= self.client_limit:
             return None
-        connection = self._pop_idle(origin, partition)
+        connection = self._reuse(origin, partition, client)
         if connection is not None:
-            self._take(connection, partition, client)
-            self._count(partition, client, 1)
             return connection
-        if not open_new or (self._open >= self.max_connections and not self._close_idle_elsewhere()):
+        if self._open >= self.max_connections and not self._close_idle_elsewhere():
             return None
         self._open += 1
         self._count(partition, client, 1)
         return _ROOM
+
+    def _reuse(self, origin: Origin, partition: Hashable, client: Hashable) -> Connection | None:
+        """An idle connection of ``partition``'s that is fresh and clean, taken and counted as ``client``'s."""
+        connection = self._pop_idle(origin, partition)
+        if connection is not None:
+            self._take(connection, partition, client)
+            self._count(partition, client, 1)
+        return connection
 
     def _take(self, connection: Connection, partition: Hashable, client: Hashable) -> None:
         connection.partition = partition
